@@ -1,0 +1,23 @@
+"""labkit — a lab for *Nearly Lossless Adaptive Bit Switching* (Double Rounding, ALRS, HASB).
+
+The public names below are stable (DESIGN.md).
+"""
+from __future__ import annotations
+
+from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, trained_bits
+from labkit.errors import BitWidthError, CheckpointError, DataNotFoundError, LabkitError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitWidthError",
+    "CheckpointError",
+    "DataNotFoundError",
+    "LabkitError",
+    "__version__",
+    "get_bits",
+    "quantize_model",
+    "quantized_layers",
+    "set_bits",
+    "trained_bits",
+]

@@ -1,0 +1,17 @@
+"""The lab's exceptions: each one names the problem and says what to do."""
+
+
+class LabkitError(Exception):
+    """Base class of every error the lab raises on purpose."""
+
+
+class BitWidthError(LabkitError, ValueError):
+    """A bit-width that is not a whole number >= 2, or not one the model was trained for."""
+
+
+class CheckpointError(LabkitError, ValueError):
+    """A checkpoint file that is missing, truncated, corrupted, or for another architecture."""
+
+
+class DataNotFoundError(LabkitError, FileNotFoundError):
+    """A data folder that is missing or empty."""

@@ -1,0 +1,72 @@
+"""Activation quantizer: one learned scale per bit-width (METHOD.md §2, paper Eq. 4–5).
+
+After a ReLU, ``q_b = clip(round(X / s_b), 0, 2^b − 1)`` and ``X̂ = q_b · s_b`` (unsigned, zero-point 0).
+Activations are not stored, so every bit-width keeps its own scale (no nesting). For inputs that are not
+post-ReLU (MobileNetV2 linear bottlenecks, residual sums) the signed variant quantizes ``X − β`` on the
+signed b-bit range with a learned offset ``β`` per bit-width (LSQ+, METHOD.md §2 [ref-code]).
+
+Scales are initialised on first use from the data: the LSQ rule ``2 · mean|X| / sqrt(p)`` or, with
+``init="percentile"``, the 0.1/99.9 percentile range divided by the number of steps.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from labkit.quant.lsq import fake_quantize, lsq_grad_scale
+from labkit.quant.ranges import check_bit_set, check_bits, int_range
+
+INIT_RULES = ("lsq", "percentile")
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-bit LSQ activation quantizer, unsigned (after ReLU) or signed with a learned offset."""
+
+    def __init__(self, bits=(8, 6, 4, 2), signed: bool = False, init: str = "lsq"):
+        super().__init__()
+        if init not in INIT_RULES:
+            raise ValueError(f"init={init!r} is unknown; use one of {list(INIT_RULES)}.")
+        self.bit_set = check_bit_set(bits)
+        self.signed = bool(signed)
+        self.init = init
+        self.scale = nn.Parameter(torch.ones(len(self.bit_set)))
+        self.offset = nn.Parameter(torch.zeros(len(self.bit_set))) if self.signed else None
+        self.register_buffer("initialized", torch.zeros(len(self.bit_set), dtype=torch.bool))
+
+    def index(self, bits: int) -> int:
+        return self.bit_set.index(check_bits(bits, allowed=self.bit_set))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, bits: int) -> None:
+        """Set the scale of ``bits`` from a batch (and the offset of the signed variant to its centre)."""
+        index = self.index(bits)
+        qmin, qmax = int_range(bits, signed=self.signed)
+        x = x.detach().float()
+        if self.signed:
+            self.offset[index] = 0.0
+        if self.init == "percentile":
+            sample = x.flatten()
+            if sample.numel() > 1_000_000:
+                sample = sample[torch.randperm(sample.numel(), device=sample.device)[:1_000_000]]
+            low, high = torch.quantile(sample, torch.tensor([0.001, 0.999], device=sample.device))
+            if not self.signed:
+                low = low.clamp_min(0.0)
+            scale = (high - low) / (qmax - qmin)
+        else:
+            scale = 2 * x.abs().mean() / (qmax ** 0.5)
+        self.scale[index] = scale.clamp_min(1e-8)
+        self.initialized[index] = True
+
+    def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        index = self.index(bits)
+        if not bool(self.initialized[index]):
+            self.initialize(x, bits)
+        qmin, qmax = int_range(bits, signed=self.signed)
+        grad_factor = lsq_grad_scale(x.numel(), qmax)
+        if self.offset is None:
+            return fake_quantize(x, self.scale[index], qmin, qmax, grad_factor=grad_factor)
+        offset = self.offset[index]
+        return fake_quantize(x - offset, self.scale[index], qmin, qmax, grad_factor=grad_factor) + offset
+
+    def extra_repr(self) -> str:
+        return f"bits={list(self.bit_set)}, signed={self.signed}, init={self.init!r}"

@@ -1,0 +1,86 @@
+"""Baseline weight quantizers that keep FP32 master weights (METHOD.md §7).
+
+- :class:`PerBitScaleWeightQuantizer` — MultiQuant / EQ-Net and the paper's "Ours*": a separate learned
+  per-channel LSQ scale for every bit-width on shared FP32 weights. Better at 2 bits, 4× the storage.
+- :class:`DoReFaWeightQuantizer` — Any-Precision DNN: DoReFa quantization of the FP32 masters at every
+  bit-width, ``Ŵ = E · (2 · round(k · t) / k − 1)`` with ``t = tanh(W) / (2 max|tanh W|) + 1/2``,
+  ``k = 2^b − 1`` and ``E = mean|W|``; no learned parameters.
+
+The floor/truncation baseline (AdaBits / Bit-Mixer) and dedicated LSQ models share the Double Rounding
+quantizer's code (``rounding="floor"`` and :class:`~labkit.quant.weight.LsqWeightQuantizer`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from labkit.quant.lsq import fake_quantize, lsq_grad_scale, quantize_codes
+from labkit.quant.ranges import int_range
+from labkit.quant.weight import WeightQuantizer, channel_view, reference_scale_init
+
+
+class PerBitScaleWeightQuantizer(WeightQuantizer):
+    """Unshared per-bit LSQ scales on FP32 master weights (MultiQuant, the paper's "Ours*")."""
+
+    method = "per_bit_scale"
+
+    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
+        super().__init__(bits)
+        self.grad_mode = grad_mode
+        self.scale = nn.Parameter(torch.ones(len(self.bit_set), out_channels))
+
+    @torch.no_grad()
+    def reset_scale(self, weight: torch.Tensor) -> None:
+        for index, bits in enumerate(self.bit_set):
+            self.scale[index].copy_(reference_scale_init(weight, bits))
+
+    def _scale(self, bits: int) -> torch.Tensor:
+        return self.scale[self.bit_set.index(bits)]
+
+    def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        qmin, qmax = int_range(bits)
+        return fake_quantize(
+            weight,
+            channel_view(self._scale(bits), weight),
+            qmin,
+            qmax,
+            grad_factor=lsq_grad_scale(weight[0].numel(), qmax),
+            grad_mode=self.grad_mode,
+        )
+
+    def codes(self, weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self._scale(bits).detach()
+        return quantize_codes(weight, channel_view(scale, weight), *int_range(bits)), scale.clone()
+
+
+class DoReFaWeightQuantizer(WeightQuantizer):
+    """Any-Precision DNN weights: DoReFa on the FP32 masters, scaled by ``E = mean|W|``."""
+
+    method = "any_precision"
+
+    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
+        super().__init__(bits)
+        self.out_channels = out_channels
+
+    def reset_scale(self, weight: torch.Tensor) -> None:
+        """DoReFa has no learned scale."""
+
+    @staticmethod
+    def _normalised(weight: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(weight)
+        return t / (2 * t.abs().max().clamp_min(1e-12)) + 0.5
+
+    def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        levels = (1 << bits) - 1
+        t = self._normalised(weight) * levels
+        rounded = t + (torch.round(t) - t).detach()  # straight-through round
+        return (2 * rounded / levels - 1) * weight.abs().mean().detach()
+
+    def codes(self, weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Odd integer codes ``2 · round(k · t) − k`` in [−k, k] and the step ``E / k`` per channel."""
+        levels = (1 << bits) - 1
+        with torch.no_grad():
+            k_t = torch.round(self._normalised(weight) * levels)
+            codes = (2 * k_t - levels).to(torch.int16)
+            step = (weight.abs().mean() / levels).expand(weight.shape[0]).clone()
+        return codes, step

@@ -22,6 +22,7 @@ gradient summed over the whole tensor, so per-channel scales move in lock-step.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -40,42 +41,68 @@ def lsq_grad_scale(elements: int, qmax: int) -> float:
     return 1.0 / math.sqrt(max(elements, 1) * max(qmax, 1))
 
 
+def _forward_kernel(x, scale, qmin: int, qmax: int, shift: int, rounding: str):
+    """``x̂ = clip(second_round(round(x / s))) · s · 2^Δ`` (Eq. 1–3)."""
+    codes = shift_round_float(torch.round(x * scale.reciprocal()), shift, rounding).clamp(qmin, qmax)
+    return codes * (scale * (2.0 ** shift))
+
+
+def _backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding: str, grad_factor: float):
+    """Clipped STE for ``x`` and the LSQ scale gradient ``q · 2^Δ − v`` (inside) / ``q · 2^Δ`` (clipped)."""
+    v = x * scale.reciprocal()
+    unclipped = shift_round_float(torch.round(v), shift, rounding)
+    codes = unclipped.clamp(qmin, qmax)
+    inside = unclipped == codes
+    grad_x = torch.where(inside, grad, 0.0)
+    per_element = grad * (codes * (2.0 ** shift) - torch.where(inside, v, 0.0))
+    return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
+
+
+def _reference_backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding: str, grad_factor: float):
+    """The authors' gradient: one rounding of ``x / (s · 2^Δ)``, l-bit bounds, no chain factor, lock-step."""
+    v_low = x * (scale.reciprocal() * (2.0 ** -shift))
+    rounded = torch.round(v_low)
+    inside = (rounded >= qmin) & (rounded <= qmax)
+    grad_x = torch.where(inside, grad, 0.0)
+    per_element = grad * torch.where(inside, rounded - v_low, rounded.clamp(qmin, qmax))
+    return grad_x, per_element.sum().expand(scale.shape) * grad_factor
+
+
+_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
+_COMPILED: dict[str, object] = {}
+
+
+def use_compile(enabled: bool = True) -> None:
+    """Run the fake-quant forward/backward as ``torch.compile``-fused kernels (one pass each) or eagerly.
+
+    Compiling costs seconds on first use per shape and bit-width, then runs the op in one fused loop;
+    ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit.
+    """
+    if enabled and not _COMPILED:
+        _COMPILED.update({name: torch.compile(kernel, dynamic=False) for name, kernel in
+                          (("forward", _forward_kernel), ("backward", _backward_kernel))})
+    _KERNELS.update(_COMPILED if enabled else {"forward": _forward_kernel, "backward": _backward_kernel})
+
+
+def compile_enabled() -> bool:
+    return _KERNELS["forward"] is not _forward_kernel
+
+
 class _FakeQuantize(torch.autograd.Function):
+    """Saves only ``x`` and the scale; the backward recomputes the codes (less memory than saving masks)."""
+
     @staticmethod
     def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode):
-        inv_scale = scale.reciprocal()
-        v = x * inv_scale
-        unclipped = shift_round_float(torch.round(v), shift, rounding)
-        q = unclipped.clamp(qmin, qmax)
-        step = scale * (2.0 ** shift)
-        out = q * step
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            inside = unclipped == q
-            if grad_mode == "reference":
-                v_low = x * (inv_scale * (2.0 ** -shift))
-                rounded = torch.round(v_low)
-                inside = (rounded >= qmin) & (rounded <= qmax)
-                scale_term = torch.where(inside, rounded - v_low, rounded.clamp(qmin, qmax))
-            else:
-                scale_term = q * (2.0 ** shift) - v * inside
-            ctx.save_for_backward(inside, scale_term)
-            ctx.scale_shape = scale.shape
-            ctx.grad_factor = grad_factor
-            ctx.grad_mode = grad_mode
-        return out
+        ctx.save_for_backward(x, scale)
+        ctx.settings = (qmin, qmax, shift, rounding, grad_factor)
+        ctx.grad_mode = grad_mode
+        return _KERNELS["forward"](x, scale, qmin, qmax, shift, rounding)
 
     @staticmethod
     def backward(ctx, grad_out):
-        inside, scale_term = ctx.saved_tensors
-        grad_x = grad_out * inside if ctx.needs_input_grad[0] else None
-        grad_scale = None
-        if ctx.needs_input_grad[1]:
-            per_element = grad_out * scale_term
-            if ctx.grad_mode == "reference":
-                grad_scale = per_element.sum().expand(ctx.scale_shape).clone()
-            else:
-                grad_scale = per_element.sum_to_size(ctx.scale_shape)
-            grad_scale = grad_scale * ctx.grad_factor
+        x, scale = ctx.saved_tensors
+        kernel = _reference_backward_kernel if ctx.grad_mode == "reference" else _KERNELS["backward"]
+        grad_x, grad_scale = kernel(grad_out, x, scale, *ctx.settings)
         return grad_x, grad_scale, None, None, None, None, None, None
 
 
@@ -105,3 +132,7 @@ def quantize_codes(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -
     dtype = torch.int8 if qmin >= -128 and qmax <= 127 else torch.int16 if qmin >= -(1 << 15) and qmax < (1 << 15) else torch.int32
     with torch.no_grad():
         return torch.round(x * scale.reciprocal()).clamp_(qmin, qmax).to(dtype)
+
+
+if os.environ.get("LABKIT_COMPILE", "") == "1":
+    use_compile(True)

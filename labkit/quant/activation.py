@@ -29,8 +29,9 @@ class ActivationQuantizer(nn.Module):
         self.bit_set = check_bit_set(bits)
         self.signed = bool(signed)
         self.init = init
-        self.scale = nn.Parameter(torch.ones(len(self.bit_set)))
-        self.offset = nn.Parameter(torch.zeros(len(self.bit_set))) if self.signed else None
+        # One parameter per bit-width, so an optimizer step at one precision leaves the others untouched.
+        self.scale = nn.ParameterDict({str(b): nn.Parameter(torch.ones(())) for b in self.bit_set})
+        self.offset = nn.ParameterDict({str(b): nn.Parameter(torch.zeros(())) for b in self.bit_set}) if self.signed else None
         self.register_buffer("initialized", torch.zeros(len(self.bit_set), dtype=torch.bool))
 
     def index(self, bits: int) -> int:
@@ -43,7 +44,7 @@ class ActivationQuantizer(nn.Module):
         qmin, qmax = int_range(bits, signed=self.signed)
         x = x.detach().float()
         if self.signed:
-            self.offset[index] = 0.0
+            self.offset[str(bits)].zero_()
         if self.init == "percentile":
             sample = x.flatten()
             if sample.numel() > 1_000_000:
@@ -54,7 +55,7 @@ class ActivationQuantizer(nn.Module):
             scale = (high - low) / (qmax - qmin)
         else:
             scale = 2 * x.abs().mean() / (qmax ** 0.5)
-        self.scale[index] = scale.clamp_min(1e-8)
+        self.scale[str(bits)].copy_(scale.clamp_min(1e-8))
         self.initialized[index] = True
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -63,10 +64,11 @@ class ActivationQuantizer(nn.Module):
             self.initialize(x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)
         grad_factor = lsq_grad_scale(x.numel(), qmax)
+        scale = self.scale[str(bits)]
         if self.offset is None:
-            return fake_quantize(x, self.scale[index], qmin, qmax, grad_factor=grad_factor)
-        offset = self.offset[index]
-        return fake_quantize(x - offset, self.scale[index], qmin, qmax, grad_factor=grad_factor) + offset
+            return fake_quantize(x, scale, qmin, qmax, grad_factor=grad_factor)
+        offset = self.offset[str(bits)]
+        return fake_quantize(x - offset, scale, qmin, qmax, grad_factor=grad_factor) + offset
 
     def extra_repr(self) -> str:
         return f"bits={list(self.bit_set)}, signed={self.signed}, init={self.init!r}"

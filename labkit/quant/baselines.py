@@ -27,15 +27,16 @@ class PerBitScaleWeightQuantizer(WeightQuantizer):
     def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
         super().__init__(bits)
         self.grad_mode = grad_mode
-        self.scale = nn.Parameter(torch.ones(len(self.bit_set), out_channels))
+        # One parameter per bit-width, so an optimizer step at one precision leaves the others untouched.
+        self.scale = nn.ParameterDict({str(b): nn.Parameter(torch.ones(out_channels)) for b in self.bit_set})
 
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
-        for index, bits in enumerate(self.bit_set):
-            self.scale[index].copy_(reference_scale_init(weight, bits))
+        for bits in self.bit_set:
+            self.scale[str(bits)].copy_(reference_scale_init(weight, bits))
 
     def _scale(self, bits: int) -> torch.Tensor:
-        return self.scale[self.bit_set.index(bits)]
+        return self.scale[str(bits)]
 
     def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         qmin, qmax = int_range(bits)

@@ -142,9 +142,12 @@ def load_int(path, model: torch.nn.Module | None = None, bits=None) -> torch.nn.
                 f"{path} was saved from a model without a registered architecture; pass "
                 "model=<an FP32 model of the same architecture> to labkit.load_int."
             )
-        from labkit.models import build_model
+        from labkit.models import build_model_from_arch
 
-        model = build_model(arch["name"], **arch.get("kwargs", {}))
+        try:
+            model = build_model_from_arch(arch)
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{path} names an architecture this lab cannot build ({error}).") from None
     else:
         if quantized_layers(model):
             raise CheckpointError("pass an FP32 model to load_int (not one already quantized): it applies the stored plan itself.")

@@ -5,6 +5,8 @@ The public names below are stable (DESIGN.md).
 from __future__ import annotations
 
 from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, trained_bits
+from labkit.storage import load_int, save_int
+from labkit.train.alrs import alrs_factors
 from labkit.errors import BitWidthError, CheckpointError, DataNotFoundError, LabkitError
 
 __version__ = "0.1.0"
@@ -15,6 +17,9 @@ __all__ = [
     "DataNotFoundError",
     "LabkitError",
     "__version__",
+    "alrs_factors",
+    "load_int",
+    "save_int",
     "get_bits",
     "quantize_model",
     "quantized_layers",

@@ -1,0 +1,107 @@
+"""The settings of one training run: a dataclass that recipes fill in and the command line overrides."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. A field's comment says which paper setting it carries."""
+
+    recipe: str = "custom"
+    dataset: str = "cifar10"              # cifar10 | imagenet | imagenette
+    model: str = "resnet20"               # a labkit.models name
+    model_kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None          # FP32 weights to start from: a run folder, .safetensors or .pt/.pth; "auto"
+    bits: tuple | None = (8, 6, 4, 2)     # the jointly trained bit set; None trains FP32
+    method: str = "double_rounding"       # or a METHOD.md §7 baseline: floor, per_bit_scale, any_precision, lsq
+    rounding: str = "half_even"           # tie rule of the second rounding (METHOD.md §1 [open])
+    grad_mode: str = "lsq"                # lsq | reference (METHOD.md §3)
+    keep_first_last: bool = True          # first and last layer stay FP32 (METHOD.md §4)
+    algorithm: str = "a2"                 # a2: one step per bit-width high→low (paper); a1: accumulate, one step
+    alrs: str = "eq7"                     # eq7 (paper Eq. 7) | geometric (reference code) | none
+    alrs_gradient_term: bool = False      # Eq. 6 gradient term, opt-in and floored above zero
+    alrs_targets: str = "scales"          # scales (paper) | scales_bn_bias (reference code)
+    kd: str = "none"                      # none | pskd (progressive self-distillation) | recursive (Any-Precision)
+    kd_alpha: float = 0.7
+    optimizer: str = "adam"               # paper: Adam
+    lr: float = 5e-4                      # paper: 5e-4
+    weight_decay: float = 5e-5            # paper: 5e-5 (0 on scales, BN and biases)
+    momentum: float = 0.9
+    epochs: int = 200
+    warmup_epochs: int = 0                # paper: no warm-up
+    batch_size: int = 128
+    train_subset: int | None = None       # a fixed seeded subset of the training set (smoke / laptop profiles)
+    eval_subset: int | None = None
+    seed: int = 0
+    workers: int | None = None            # data loader worker processes; None picks for this machine
+    checkpoint_every: int = 0             # also write a checkpoint every N batches (0: at epoch ends only)
+    eval_every: int = 1                   # evaluate every N epochs (and always after the last)
+    deterministic: bool = True
+    device: str = "auto"                  # auto | cpu | cuda
+    amp_bf16: bool = False                # bf16 autocast (CUDA)
+    channels_last: bool = False
+    compile_quant: bool = False           # torch.compile-fused fake-quant kernels
+    label_smoothing: float = 0.0
+    image_size: int = 224                 # ImageNet-style data only
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["bits"] = list(self.bits) if self.bits is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
+        data = dict(data)
+        if data.get("bits") is not None:
+            data["bits"] = tuple(data["bits"])
+        return cls(**data)
+
+    def with_overrides(self, overrides: dict) -> "TrainConfig":
+        data = self.to_dict()
+        data.update(overrides)
+        return TrainConfig.from_dict(data)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"key=value"`` → (key, typed value), typed by the field: ``epochs=3``, ``bits=8,4,2``, ``bits=none``."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if not sep:
+        raise ValueError(f"override {text!r} is not key=value; e.g. epochs=5 or bits=8,6,4,2")
+    if key not in fields:
+        raise ValueError(f"unknown setting {key!r}; known settings: {sorted(fields)}")
+    raw = raw.strip()
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    if optional and raw.lower() in ("none", "null", ""):
+        return key, None
+    try:
+        if base is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if base is int:
+            return key, int(raw)
+        if base is float:
+            return key, float(raw)
+        if base is tuple:
+            return key, tuple(int(part) for part in raw.replace(" ", "").split(",") if part)
+        if base is dict:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError
+            return key, value
+        return key, raw
+    except ValueError:
+        raise ValueError(f"bad value {raw!r} for {key} (expects {getattr(base, '__name__', base)})") from None

@@ -1,0 +1,316 @@
+"""One-shot joint multi-precision training (METHOD.md §4–5, paper Alg. A.1 and A.2) and FP32 training.
+
+For each batch, Alg. A.2 (the paper's loop, ``algorithm="a2"``) runs every bit-width from high to low:
+forward, loss, backward, and an optimizer **step right away**, the scales at the ALRS learning rate of
+that precision (Eq. 6–7) and the weights at λ. Alg. A.1 (``"a1"``, the conventional loop) accumulates the
+gradients of all bit-widths and takes one step; there ALRS scales each precision's contribution to the
+scale gradients, since one step cannot take per-precision learning rates. With ``bits=None`` the same
+loop trains an FP32 model, the pretrained starting point.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from labkit.convert import set_bits
+from labkit.data import default_workers, make_loader
+from labkit.errors import LabkitError
+from labkit.train.alrs import AdaptiveScaleLR, scale_parameters
+from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_training_checkpoint, restore_rng
+from labkit.train.config import TrainConfig
+from labkit.train.distributed import ProcessGroup, sum_across
+from labkit.train.kd import ProgressiveSelfDistillation, recursive_targets, soft_cross_entropy
+from labkit.train.optim import cosine_lr, make_optimizer, set_learning_rates
+
+FP32 = 32  # the key of FP32 results in metrics
+
+
+class TrainingDiverged(LabkitError, RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WithIndex(Dataset):
+    """Item i is ``(image, label, i)``: PS-KD finds a sample's memory by its index."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+def fixed_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """A seeded random subset of ``size`` samples (the whole dataset when ``size`` is None or too big)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(seed)
+    return Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:size].tolist()))
+
+
+class JointTrainer:
+    """Trains ``model`` (already quantized by :func:`labkit.quantize_model`, or FP32) as ``config`` says."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, train_set: Dataset, eval_sets: dict[str, Dataset],
+                 out_dir, num_classes: int, group: ProcessGroup | None = None, show_progress: bool = True):
+        self.config = config
+        self.group = group or ProcessGroup()
+        self.device = self.group.device
+        self.out_dir = Path(out_dir)
+        self.num_classes = num_classes
+        self.bits = tuple(config.bits) if config.bits is not None else None
+        self.show_progress = show_progress and self.group.is_main
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_set = WithIndex(train_set)
+        self.train_size = min(len(train_set), config.train_subset or len(train_set))
+        self.eval_sets = {name: fixed_subset(ds, config.eval_subset, 12345) for name, ds in eval_sets.items()}
+        self.steps_per_epoch = self.train_size // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size={config.batch_size} is larger than the {self.train_size} training "
+                             "samples; lower batch_size or raise train_subset.")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.momentum)
+        self.alrs = AdaptiveScaleLR(self.bits, config.alrs, config.alrs_gradient_term) if self.bits else None
+        self.alrs_groups = ("scales", "no_decay") if config.alrs_targets == "scales_bn_bias" else ("scales",)
+        self.alrs_params = [p for g in self.optimizer.param_groups if g["name"] in self.alrs_groups for p in g["params"]]
+        self.scale_params = scale_parameters(self.model) if self.bits else []
+        self.pskd = (ProgressiveSelfDistillation(len(self.train_set), num_classes, config.epochs, config.kd_alpha)
+                     if config.kd == "pskd" else None)
+        self.train_model = self.model
+        if self.group.distributed:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.bits is not None)
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.history: list[dict] = []
+        self.train_sums: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {
+            "format": "labkit-train/1",
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "alrs": self.alrs.state_dict() if self.alrs else None,
+            "pskd": self.pskd.state_dict() if self.pskd else None,
+            "position": {"epoch": self.epoch, "batch": self.batch, "global_step": self.global_step},
+            "history": self.history,
+            "train_sums": self.train_sums,
+            "rng": capture_rng(),
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.group.is_main:
+            atomic_torch_save(self.state_dict(), self.checkpoint_path)
+
+    def load_checkpoint(self, path=None) -> None:
+        state = load_training_checkpoint(path or self.checkpoint_path)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.to_dict() != self.config.to_dict():
+            changed = sorted(k for k, v in saved.to_dict().items() if self.config.to_dict()[k] != v)
+            raise LabkitError(f"the checkpoint was written with other settings ({changed}); resume with the run's "
+                              "own settings (drop the overrides) or start a new --out folder.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.alrs:
+            self.alrs.load_state_dict(state["alrs"])
+        if self.pskd:
+            self.pskd.load_state_dict(state["pskd"])
+        position = state["position"]
+        self.epoch, self.batch, self.global_step = position["epoch"], position["batch"], position["global_step"]
+        self.history, self.train_sums = state["history"], state["train_sums"]
+        restore_rng(state["rng"])
+
+    # ---------------------------------------------------------------- data
+    def train_loader(self, epoch: int, start_batch: int) -> DataLoader:
+        """This epoch's batches from ``start_batch`` on; each rank gets its share of every global batch."""
+        if self.config.batch_size % self.group.world_size:
+            raise ValueError(f"batch_size={self.config.batch_size} must divide evenly over {self.group.world_size} processes.")
+        return make_loader(self.train_set, self.config.batch_size // self.group.world_size, train=True,
+                           seed=self.config.seed, workers=self.config.workers, subset=self.config.train_subset,
+                           epoch=epoch, start_batch=start_batch, num_replicas=self.group.world_size,
+                           rank=self.group.rank, pin_memory=self.device.type == "cuda")
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        shard = Subset(dataset, list(range(self.group.rank, len(dataset), self.group.world_size)))
+        workers = self.config.workers if self.config.workers is not None else default_workers()
+        return DataLoader(shard, batch_size=max(self.config.batch_size, 128), shuffle=False, num_workers=workers)
+
+    # ---------------------------------------------------------------- one step
+    def _prepare(self, images: torch.Tensor, labels: torch.Tensor):
+        images = images.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.to(memory_format=torch.channels_last)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp_bf16):
+            return self.train_model(images).float()
+
+    def _loss(self, logits, labels, indices, bits, higher_logits, epoch):
+        if self.pskd is not None:
+            return soft_cross_entropy(logits, self.pskd.targets(indices, labels, self.num_classes, epoch))
+        if self.config.kd == "recursive" and higher_logits is not None:
+            return soft_cross_entropy(logits, recursive_targets(labels, higher_logits, self.num_classes))
+        return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+
+    def _check_finite(self, loss: torch.Tensor, bits) -> None:
+        if not torch.isfinite(loss):
+            where = f"epoch {self.epoch + 1}, batch {self.batch + 1}" + (f", {bits}-bit pass" if bits != FP32 else "")
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at {where}; the run stopped and its last good checkpoint "
+                f"({self.checkpoint_path}) is kept. Lower lr or check the data, then resume with --resume.")
+
+    def _record(self, bits, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        sums = self.train_sums
+        key = str(bits)
+        sums[f"loss_{key}"] = sums.get(f"loss_{key}", 0.0) + float(loss.detach()) * labels.numel()
+        sums[f"correct_{key}"] = sums.get(f"correct_{key}", 0.0) + float((logits.argmax(1) == labels).sum())
+        sums[f"seen_{key}"] = sums.get(f"seen_{key}", 0.0) + labels.numel()
+
+    def train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
+        """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass."""
+        lr = cosine_lr(self.config.lr, self.global_step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
+        losses = {}
+        if self.bits is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self._forward(images)
+            loss = self._loss(logits, labels, indices, FP32, None, epoch)
+            self._check_finite(loss, FP32)
+            loss.backward()
+            set_learning_rates(self.optimizer, lr)
+            self.optimizer.step()
+            self._record(FP32, loss, logits, labels)
+            return {FP32: float(loss.detach())}
+        higher_logits = None
+        if self.config.algorithm == "a1":
+            self.optimizer.zero_grad(set_to_none=True)
+        for bits in self.bits:  # high → low
+            set_bits(self.model, bits)
+            if self.config.algorithm == "a2":
+                self.optimizer.zero_grad(set_to_none=True)
+                stash = None
+            else:
+                stash = [None if p.grad is None else p.grad.clone() for p in self.alrs_params]
+            logits = self._forward(images)
+            loss = self._loss(logits, labels, indices, bits, higher_logits, epoch)
+            self._check_finite(loss, bits)
+            loss.backward()
+            multiplier = self.alrs.multiplier(bits, [p.grad for p in self.scale_params])
+            if self.config.algorithm == "a2":
+                set_learning_rates(self.optimizer, lr, {name: multiplier for name in self.alrs_groups})
+                self.optimizer.step()
+            else:
+                for param, before in zip(self.alrs_params, stash):
+                    if param.grad is not None:
+                        contribution = param.grad if before is None else param.grad - before
+                        param.grad = contribution.mul_(multiplier) if before is None else before.add_(contribution, alpha=multiplier)
+            if self.pskd is not None and bits == self.bits[0]:
+                self.pskd.update(indices, logits)
+            higher_logits = logits.detach()
+            self._record(bits, loss, logits, labels)
+            losses[bits] = float(loss.detach())
+        if self.config.algorithm == "a1":
+            set_learning_rates(self.optimizer, lr)
+            self.optimizer.step()
+        return losses
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, bits_list=None) -> dict[int, float]:
+        """Top-1 accuracy (%) at every bit-width (or FP32), summed over all processes."""
+        bits_list = bits_list or (self.bits or (FP32,))
+        was_training = self.model.training
+        self.model.eval()
+        results = {}
+        loader = self.eval_loader(dataset)
+        for bits in bits_list:
+            if bits != FP32:
+                set_bits(self.model, bits)
+            counts = torch.zeros(2, dtype=torch.float64)
+            for images, labels in loader:
+                images, labels = self._prepare(images, labels)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp_bf16):
+                    logits = self.model(images)
+                counts += torch.tensor([float((logits.argmax(1) == labels).sum()), labels.numel()], dtype=torch.float64)
+            counts = sum_across(counts, self.group)
+            results[bits] = round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
+        self.model.train(was_training)
+        return results
+
+    # ---------------------------------------------------------------- the run
+    def _epoch_row(self, epoch: int, evaluations: dict) -> dict:
+        sums = sum_across(torch.tensor(list(self.train_sums.values()), dtype=torch.float64), self.group).tolist()
+        sums = dict(zip(self.train_sums, sums))
+        row = {"epoch": epoch + 1, "lr_end": cosine_lr(self.config.lr, self.global_step, self.total_steps,
+                                                       self.config.warmup_epochs * self.steps_per_epoch)}
+        for bits in (self.bits or (FP32,)):
+            seen = max(sums.get(f"seen_{bits}", 0.0), 1.0)
+            row[f"train_loss_{bits}"] = round(sums.get(f"loss_{bits}", 0.0) / seen, 6)
+            row[f"train_acc_{bits}"] = round(100.0 * sums.get(f"correct_{bits}", 0.0) / seen, 4)
+        for name, accuracies in evaluations.items():
+            for bits, value in accuracies.items():
+                row[f"{name}_acc_{bits}"] = value
+        return row
+
+    def write_log(self) -> None:
+        if not self.group.is_main or not self.history:
+            return
+        columns = list(dict.fromkeys(key for row in self.history for key in row))
+        with open(self.out_dir / "log.csv", "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.history)
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to the end (resuming from ``checkpoint.pt`` when asked) and return the final evaluations."""
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        self.model.train()
+        while self.epoch < self.config.epochs:
+            epoch = self.epoch
+            loader = self.train_loader(epoch, self.batch)
+            progress = tqdm(loader, total=len(loader), initial=0, disable=not self.show_progress,
+                            desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False, dynamic_ncols=True)
+            for images, labels, indices in progress:
+                images, labels = self._prepare(images, labels)
+                losses = self.train_step(images, labels, indices, epoch)
+                self.batch += 1
+                self.global_step += 1
+                progress.set_postfix({f"loss{b}": f"{v:.3f}" for b, v in losses.items()}, refresh=False)
+                if self.config.checkpoint_every and self.batch % self.config.checkpoint_every == 0 \
+                        and self.batch < self.steps_per_epoch:
+                    self.save_checkpoint()
+            progress.close()
+            last = epoch + 1 == self.config.epochs
+            evaluations = {}
+            if last or (epoch + 1) % max(self.config.eval_every, 1) == 0:
+                evaluations = {name: {str(k): v for k, v in self.evaluate(ds).items()} for name, ds in self.eval_sets.items()}
+            self.history.append(self._epoch_row(epoch, evaluations))
+            self.train_sums = {}
+            self.epoch, self.batch = epoch + 1, 0
+            self.save_checkpoint()
+            self.write_log()
+            if self.show_progress:
+                summary = ", ".join(f"{name} " + " ".join(f"{b}b={v:.2f}" for b, v in acc.items())
+                                    for name, acc in evaluations.items())
+                tqdm.write(f"epoch {epoch + 1}/{self.config.epochs}: {summary or 'trained'}")
+        final = self.history[-1] if self.history else {}
+        return {name: {str(b): final.get(f"{name}_acc_{b}") for b in (self.bits or (FP32,))} for name in self.eval_sets}

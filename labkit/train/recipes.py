@@ -1,0 +1,86 @@
+"""Named training recipes (METHOD.md §4) and the profiles that scale them (DESIGN.md runtime conventions).
+
+A recipe is a :class:`TrainConfig` with the paper's settings (``paper`` profile) plus the overrides that
+make it fit a smaller budget: ``smoke`` (CI: a subset, one short epoch, seconds to minutes on 2 CPU cores)
+and ``laptop`` (minutes to an hour on a CPU, numbers that mean something). Command-line overrides apply last.
+"""
+from __future__ import annotations
+
+from labkit.train.config import TrainConfig
+
+PROFILES = ("smoke", "laptop", "paper")
+
+_CIFAR_SCALE = {
+    "smoke": {"epochs": 1, "train_subset": 2560, "eval_subset": 1000, "batch_size": 128},
+    "laptop": {"epochs": 3, "train_subset": 20000, "eval_subset": None},
+    "paper": {},
+}
+_IMAGENET_SCALE = {
+    "smoke": {"epochs": 1, "train_subset": 64, "eval_subset": 64, "batch_size": 32, "image_size": 128},
+    "laptop": {"epochs": 1, "train_subset": 2048, "eval_subset": 1000, "batch_size": 64},
+    "paper": {},
+}
+
+_CIFAR_JOINT = dict(dataset="cifar10", model="resnet20", optimizer="adam", lr=5e-4, weight_decay=5e-5,
+                    epochs=200, batch_size=128, init_from="auto")
+
+RECIPES: dict[str, dict] = {
+    "cifar10-resnet20-fp32": {
+        "base": dict(dataset="cifar10", model="resnet20", bits=None, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                     epochs=200, batch_size=128),
+        "profiles": {**_CIFAR_SCALE, "laptop": {"epochs": 15, "train_subset": None, "eval_subset": None}},
+        "about": "FP32 CIFAR-10 ResNet-20, the pretrained starting point of the joint runs (SGD, cosine).",
+    },
+    "cifar10-resnet20": {
+        "base": dict(_CIFAR_JOINT, bits=(8, 6, 4, 2)),
+        "profiles": _CIFAR_SCALE,
+        "about": "Paper Table 4: ResNet-20 {8,6,4,2}, Double Rounding + ALRS, Alg. A.2, Adam 5e-4, 200 epochs.",
+    },
+    "cifar10-resnet20-432": {
+        "base": dict(_CIFAR_JOINT, bits=(4, 3, 2)),
+        "profiles": _CIFAR_SCALE,
+        "about": "Paper Table 4: ResNet-20 {4,3,2}, Double Rounding + ALRS, Alg. A.2.",
+    },
+    "imagenet-resnet18": {
+        "base": dict(dataset="imagenet", model="resnet18", bits=(8, 6, 4, 2), optimizer="adam", lr=5e-4,
+                     weight_decay=5e-5, epochs=90, batch_size=256, init_from="auto"),
+        "profiles": _IMAGENET_SCALE,
+        "about": "Paper ImageNet recipe: ResNet-18 {8,6,4,2} from pretrained FP32, Adam 5e-4, wd 5e-5, cosine, 90 epochs.",
+    },
+    "imagenet-resnet50": {
+        "base": dict(dataset="imagenet", model="resnet50", bits=(8, 6, 4, 2), optimizer="adam", lr=5e-4,
+                     weight_decay=5e-5, epochs=90, batch_size=256, init_from="auto"),
+        "profiles": _IMAGENET_SCALE,
+        "about": "Paper ImageNet recipe for ResNet-50 {8,6,4,2}.",
+    },
+    "imagenet-mobilenetv2": {
+        "base": dict(dataset="imagenet", model="mobilenet_v2", bits=(8, 6, 4, 2), optimizer="adam", lr=5e-4,
+                     weight_decay=5e-5, epochs=90, batch_size=256, init_from="auto"),
+        "profiles": _IMAGENET_SCALE,
+        "about": "Paper ImageNet recipe for MobileNetV2 {8,6,4,2} (signed activation quantizers where inputs can be negative).",
+    },
+    "imagenette-efficientnet-lite0": {
+        "base": dict(dataset="imagenette", model="efficientnet_lite0", bits=(8, 6, 4, 2), optimizer="adam", lr=1e-4,
+                     weight_decay=5e-5, epochs=10, batch_size=64, init_from=None),
+        "profiles": _IMAGENET_SCALE,
+        "about": ("ImageNet-pretrained EfficientNet-Lite0 quantized jointly {8,6,4,2}, fine-tuned on Imagenette; "
+                  "evaluated per bit-width on Imagenette val and 1,300 ILSVRC2012 val images (1000-class labels)."),
+    },
+}
+
+
+def list_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+def recipe_config(name: str, profile: str = "laptop", overrides: dict | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` of recipe ``name`` at ``profile``, with ``overrides`` applied last."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {list(PROFILES)}")
+    recipe = RECIPES[name]
+    data = dict(recipe["base"], recipe=name)
+    data.update(recipe["profiles"].get(profile, {}))
+    config = TrainConfig.from_dict(data)
+    return config.with_overrides(overrides) if overrides else config

@@ -1,0 +1,161 @@
+"""A training run from a recipe: data, model, quantization, training, and the run folder it writes.
+
+The run folder holds ``config.json`` (settings, profile), ``checkpoint.pt`` (the resumable training state),
+``log.csv`` (one row per epoch), ``metrics.json`` (final per-bit top-1, profile, budget, hardware),
+``run.json`` (wall times: they differ between an interrupted and an uninterrupted run, so they are kept
+apart from the metrics), and the result: ``model_int.safetensors`` (INT-h checkpoint, :func:`labkit.save_int`)
+for multi-precision runs and ``model_fp32.pt`` (a state_dict) for FP32 runs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from labkit import config as lab_config
+from labkit import data
+from labkit.convert import quantize_model
+from labkit.errors import LabkitError
+from labkit.models import build_model
+from labkit.models.imagenet import load_state_dict_file
+from labkit.storage import save_int
+from labkit.train.config import TrainConfig
+from labkit.train.distributed import ProcessGroup, barrier, setup
+from labkit.train.loop import FP32, JointTrainer
+from labkit.train.recipes import recipe_config
+
+SHIPPED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+
+
+def build_datasets(config: TrainConfig, root=None):
+    """(train set, {name: eval set}, number of classes) for ``config.dataset``."""
+    if config.dataset == "cifar10":
+        return data.cifar10("train", root=root), {"test": data.cifar10("test", root=root)}, 10
+    normalization = "efficientnet" if config.model.startswith("efficientnet") else "imagenet"
+    if config.dataset == "imagenette":
+        options = dict(normalization=normalization, image_size=config.image_size, root=root)
+        return (data.imagenette("train", labels="1k", **options),
+                {"imagenette-val": data.imagenette("val", labels="1k", **options),
+                 "imagenet-val-sample": data.imagenet_val_sample(normalization, config.image_size, root=root)}, 1000)
+    if config.dataset == "imagenet":
+        base = Path(root or lab_config.data_root()) / "imagenet"
+        options = dict(normalization=normalization, image_size=config.image_size)
+        return (data.imagenet_folder(base / "train", True, **options),
+                {"val": data.imagenet_folder(base / "val", False, **options)}, 1000)
+    raise ValueError(f"dataset={config.dataset!r} is unknown; use cifar10, imagenette or imagenet.")
+
+
+def resolve_init(config: TrainConfig) -> Path | None:
+    """The FP32 weights to start from: ``init_from`` as given, or for ``"auto"`` a shipped checkpoint if any."""
+    if config.init_from in (None, "", "none"):
+        return None
+    if config.init_from == "auto":
+        shipped = SHIPPED_CHECKPOINTS / f"{config.dataset}-{config.model}-fp32.pt"
+        if shipped.is_file():
+            return shipped
+        warnings.warn(f"init_from=auto found no FP32 checkpoint at {shipped}; training starts from random weights "
+                      "(the paper starts from a pretrained FP32 model: pass init_from=<FP32 run folder>).", stacklevel=2)
+        return None
+    path = Path(config.init_from)
+    return path / "model_fp32.pt" if path.is_dir() else path
+
+
+def build_model_for(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The FP32 model with its starting weights, quantized when ``config.bits`` is set."""
+    kwargs = dict(config.model_kwargs)
+    if config.model.startswith("resnet20") or config.model.startswith("preact_resnet20"):
+        kwargs.setdefault("num_classes", num_classes)
+    model = build_model(config.model, **kwargs)
+    init = resolve_init(config)
+    if init is not None:
+        load_state_dict_file(model, init)
+    if config.bits is None:
+        return model
+    example = torch.randn(2, 3, 32, 32) if config.dataset == "cifar10" else torch.randn(2, 3, 64, 64)
+    return quantize_model(model, config.bits, config.method, rounding=config.rounding,
+                          keep_first_last=config.keep_first_last, grad_mode=config.grad_mode, example_input=example)
+
+
+def budget(config: TrainConfig, trainer: JointTrainer, profile: str) -> dict:
+    return {"profile": profile, "epochs": config.epochs, "batch_size": config.batch_size,
+            "train_images": trainer.train_size, "steps": trainer.total_steps,
+            "passes_per_step": len(config.bits) if config.bits else 1,
+            "eval_images": {name: len(ds) for name, ds in trainer.eval_sets.items()}}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = False, profile: str | None = None,
+          data_root=None, show_progress: bool = True) -> dict:
+    """Run (or resume) recipe ``recipe`` into ``out_dir``; return the metrics written to ``metrics.json``."""
+    out_dir = Path(out_dir)
+    profile = profile or lab_config.profile()
+    config_file = out_dir / "config.json"
+    if resume and config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        config = TrainConfig.from_dict(saved["config"])
+        if overrides and config.with_overrides(overrides).to_dict() != config.to_dict():
+            raise LabkitError(f"--resume continues the run in {out_dir} with its own settings; drop the overrides "
+                              "or start a new --out folder.")
+        profile = saved["profile"]
+    else:
+        if (out_dir / "checkpoint.pt").exists() or (out_dir / "metrics.json").exists():
+            raise LabkitError(f"{out_dir} already holds a run; continue it with --resume or choose another --out.")
+        config = recipe_config(recipe, profile, overrides)
+    group = setup(config.device)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if config.compile_quant:
+        from labkit.quant.lsq import use_compile
+
+        use_compile(True)
+    torch.manual_seed(config.seed)
+    train_set, eval_sets, num_classes = build_datasets(config, data_root)
+    model = build_model_for(config, num_classes)
+    trainer = JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, group, show_progress)
+    if group.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_file, {"config": config.to_dict(), "profile": profile})
+    started = time.time()
+    results = trainer.fit(resume=resume)
+    elapsed = time.time() - started
+    primary = next(iter(results))
+    metrics = {
+        "accuracy": results[primary],
+        "accuracy_by_set": results,
+        "recipe": config.recipe,
+        "profile": profile,
+        "budget": budget(config, trainer, profile),
+        "hardware": lab_config.hardware_summary(),
+        "world_size": group.world_size,
+    }
+    if group.is_main:
+        _write_json(out_dir / "metrics.json", metrics)
+        run_file = out_dir / "run.json"
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else {"sessions": []}
+        previous["sessions"].append({"wall_time_s": round(elapsed, 1), "resumed": bool(resume),
+                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv})
+        _write_json(run_file, previous)
+        if config.bits is None:
+            torch.save(trainer.model.state_dict(), out_dir / "model_fp32.pt")
+        elif all(getattr(layer.weight_quantizer, "nested", False) for layer in _quantized(trainer.model)):
+            save_int(trainer.model, out_dir / "model_int.safetensors")
+    barrier(group)
+    return metrics
+
+
+def _quantized(model):
+    from labkit.convert import quantized_layers
+
+    return quantized_layers(model).values()
+
+
+__all__ = ["FP32", "ProcessGroup", "build_datasets", "build_model_for", "train"]

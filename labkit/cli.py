@@ -60,8 +60,73 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_info)
 
 
+# --------------------------------------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from labkit.train.config import parse_override
+    from labkit.train.recipes import RECIPES
+    from labkit.train.run import train
+
+    if args.list:
+        for name, recipe in sorted(RECIPES.items()):
+            print(f"{name:<32} {recipe['about']}")
+        return 0
+    if not args.recipe or not args.out:
+        raise LabkitError("labkit train needs --recipe NAME and --out DIR (labkit train --list shows the recipes)")
+    overrides = dict(parse_override(text) for text in args.overrides)
+    metrics = train(args.recipe, args.out, overrides, resume=args.resume, show_progress=not args.quiet)
+    accuracy = "  ".join(f"{bits}-bit {value:.2f}%" if bits != "32" else f"FP32 {value:.2f}%"
+                         for bits, value in metrics["accuracy"].items())
+    print(f"{args.recipe} ({metrics['profile']} profile) top-1: {accuracy}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a recipe (FP32 or one-shot joint multi-precision)",
+        description="Train a named recipe into a run folder. Overrides are key=value settings, e.g. epochs=5 "
+        "bits=8,4,2 algorithm=a1 alrs=none. LABKIT_PROFILE (smoke | laptop | paper) scales the budget.",
+    )
+    p.add_argument("--recipe", help="recipe name (see --list)")
+    p.add_argument("--out", help="run folder (checkpoints, metrics.json, log.csv, model_int.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings that override the recipe")
+    p.set_defaults(func=_cmd_train)
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from labkit.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(args.checkpoint, bits=args.bits, dataset=args.dataset, subset=args.subset,
+                                  show_progress=not args.quiet)
+    for name, accuracies in results["accuracy"].items():
+        line = "  ".join(f"{bits}-bit {value:.2f}%" if bits != "32" else f"FP32 {value:.2f}%" for bits, value in accuracies.items())
+        print(f"{name} ({results['images'][name]} images): {line}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint per bit-width",
+        description="Top-1 accuracy of an INT checkpoint (model_int.safetensors), an FP32 model_fp32.pt, or a run "
+        "folder, at the given bit-width(s). Lower bit-widths come from the stored integers.",
+    )
+    p.add_argument("checkpoint", help="run folder, .safetensors INT checkpoint, or model_fp32.pt in a run folder")
+    p.add_argument("--bits", default="all", help="a bit-width, a comma list (8,4) or 'all' trained (default)")
+    p.add_argument("--dataset", default=None, help="cifar10 | imagenette-val | imagenet-val-sample | imagenet-val "
+                   "(default: the run's own evaluation sets)")
+    p.add_argument("--subset", type=int, default=None, help="evaluate on a fixed subset of this many images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
+
+
 # ------------------------------------------------------------------------------------------------ parser
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

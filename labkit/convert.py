@@ -152,8 +152,9 @@ def set_bits(model: nn.Module, bits) -> nn.Module:
         unknown = sorted(set(bits) - set(layers))
         if unknown:
             raise KeyError(f"no quantized layer named {unknown}; quantized layers are: {list(layers)}")
-        for name, layer_bits in bits.items():
-            layers[name].bits = check_bits(layer_bits, allowed=layers[name].bit_set, name=f"bits[{name!r}]")
+        checked = {name: check_bits(value, allowed=layers[name].bit_set, name=f"bits[{name!r}]") for name, value in bits.items()}
+        for name, value in checked.items():  # assign only once every entry is valid
+            layers[name].bits = value
     else:
         trained = set.intersection(*(set(layer.bit_set) for layer in layers.values()))
         value = check_bits(bits, allowed=trained)

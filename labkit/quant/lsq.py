@@ -73,11 +73,15 @@ _COMPILED: dict[str, object] = {}
 
 
 def use_compile(enabled: bool = True) -> None:
-    """Run the fake-quant forward/backward as ``torch.compile``-fused kernels (one pass each) or eagerly.
+    """Run the fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels.
 
     Compiling costs seconds on first use per shape and bit-width, then runs the op in one fused loop;
     ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit.
     """
+    from labkit.quant.rounding import use_fused_double_round
+
+    use_fused_double_round(enabled)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     if enabled and not _COMPILED:
         _COMPILED.update({name: torch.compile(kernel, dynamic=False) for name, kernel in
                           (("forward", _forward_kernel), ("backward", _backward_kernel))})

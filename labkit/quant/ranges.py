@@ -15,23 +15,21 @@ def check_bits(bits, *, allowed=None, name: str = "bits") -> int:
     A bit-width is a whole number from 2 to 16 (a signed 1-bit code holds only {-1, 0}); when
     ``allowed`` is given (the bit set a model was trained for), it must also be one of those.
     """
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        if isinstance(bits, numbers.Real) and float(bits).is_integer() and not isinstance(bits, bool):
-            bits = int(bits)
-        else:
-            raise BitWidthError(
-                f"{name} must be a whole number of bits such as 8 or 4, got {bits!r} "
-                f"({type(bits).__name__}); pass an int."
-            )
+    allowed = tuple(sorted({int(b) for b in allowed}, reverse=True)) if allowed is not None else None
+    valid = f"one of the trained bit-widths {list(allowed)}" if allowed else f"a whole number from {MIN_BITS} to {MAX_BITS}"
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Real) or not float(bits).is_integer():
+        raise BitWidthError(
+            f"{name} must be a whole number of bits, got {bits!r} ({type(bits).__name__}); pass {valid}, e.g. "
+            f"{allowed[-1] if allowed else 4}."
+        )
     bits = int(bits)
     if bits < MIN_BITS or bits > MAX_BITS:
         raise BitWidthError(
             f"{name}={bits} is outside {MIN_BITS}..{MAX_BITS}: Double Rounding needs at least "
             f"{MIN_BITS} bits (a signed 1-bit code holds only {{-1, 0}}) and the lab stores at most "
-            f"{MAX_BITS}-bit integers; pick a bit-width in that range."
+            f"{MAX_BITS}-bit integers; pass {valid}."
         )
     if allowed is not None:
-        allowed = tuple(sorted({int(b) for b in allowed}, reverse=True))
         if bits not in allowed:
             above = " (above the stored precision)" if bits > max(allowed) else ""
             raise BitWidthError(

@@ -72,8 +72,21 @@ def double_round(q: torch.Tensor, from_bits: int, to_bits: int, rounding: str = 
             "round(W / s) and convert with .to(torch.int8)."
         )
     _, qmax = int_range(to_bits)
+    return _KERNEL["double_round"](q, from_bits - to_bits, rounding, qmax)
+
+
+def _shift_round_clip(q: torch.Tensor, shift: int, rounding: str, qmax: int) -> torch.Tensor:
     # Rounding up can overshoot qmax by one; the negative end is exact (-2^(h-1) >> Δ = -2^(l-1)).
-    return shift_round(q, from_bits - to_bits, rounding).clamp_(max=qmax)
+    return shift_round(q, shift, rounding).clamp_(max=qmax)
+
+
+_KERNEL = {"double_round": _shift_round_clip}
+
+
+def use_fused_double_round(enabled: bool = True) -> None:
+    """Run :func:`double_round` as one ``torch.compile``-fused integer loop (one pass over the codes)
+    instead of ~7 eager passes; the first call per shape compiles (seconds). Same results bit for bit."""
+    _KERNEL["double_round"] = torch.compile(_shift_round_clip, dynamic=None) if enabled else _shift_round_clip
 
 
 def shift_round_float(q: torch.Tensor, shift: int, rounding: str = "half_even") -> torch.Tensor:

@@ -73,6 +73,7 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
         self.scale = nn.Parameter(torch.ones(out_channels))
         # Set by :func:`labkit.load_int`: the stored INT-h codes; forward then runs on integers only.
         self.register_buffer("stored_codes", None, persistent=False)
+        self._integer_weight_cache: tuple[int, torch.Tensor] | None = None
 
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
@@ -86,8 +87,12 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
     def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         """The dequantized l-bit weight ``Ŵ_l = q_l · s_h · 2^Δ`` used by the layer (Eq. 3)."""
         if self.stored_codes is not None:
-            codes, step = self.codes(weight, bits)
-            return codes.to(weight.dtype) * channel_view(step, weight)
+            # Integer-only switching: derive the l-bit codes once per switch, then reuse the weight.
+            cache = self._integer_weight_cache
+            if cache is None or cache[0] != bits or cache[1].device != weight.device or cache[1].dtype != weight.dtype:
+                codes, step = self.codes(weight, bits)
+                self._integer_weight_cache = (bits, codes.to(weight.dtype) * channel_view(step, weight))
+            return self._integer_weight_cache[1]
         qmin, qmax = int_range(bits)
         grad_factor = lsq_grad_scale(weight[0].numel(), qmax)
         return fake_quantize(

@@ -6,6 +6,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from labkit.config import ConfigError
+
 
 @dataclass
 class TrainConfig:
@@ -48,6 +50,32 @@ class TrainConfig:
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
 
+    def __post_init__(self):
+        choices = {
+            "dataset": ("cifar10", "imagenet", "imagenette"),
+            "method": ("double_rounding", "floor", "per_bit_scale", "any_precision", "lsq"),
+            "rounding": ("half_even", "half_up"),
+            "grad_mode": ("lsq", "reference"),
+            "algorithm": ("a1", "a2"),
+            "alrs": ("eq7", "geometric", "none"),
+            "alrs_targets": ("scales", "scales_bn_bias"),
+            "kd": ("none", "pskd", "recursive"),
+            "optimizer": ("adam", "adamw", "sgd"),
+            "device": ("auto", "cpu", "cuda"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.bits is not None:
+            from labkit.quant.ranges import check_bit_set
+
+            self.bits = check_bit_set(self.bits)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["bits"] = list(self.bits) if self.bits is not None else None
@@ -58,7 +86,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
+            raise ConfigError(f"unknown setting(s) {unknown}; known settings: {sorted(known)}")
         data = dict(data)
         if data.get("bits") is not None:
             data["bits"] = tuple(data["bits"])
@@ -76,9 +104,9 @@ def parse_override(text: str) -> tuple[str, object]:
     key = key.strip().replace("-", "_")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     if not sep:
-        raise ValueError(f"override {text!r} is not key=value; e.g. epochs=5 or bits=8,6,4,2")
+        raise ConfigError(f"override {text!r} is not key=value; e.g. epochs=5 or bits=8,6,4,2")
     if key not in fields:
-        raise ValueError(f"unknown setting {key!r}; known settings: {sorted(fields)}")
+        raise ConfigError(f"unknown setting {key!r}; known settings: {sorted(fields)}")
     raw = raw.strip()
     hint = typing.get_type_hints(TrainConfig)[key]
     args = typing.get_args(hint)
@@ -104,4 +132,4 @@ def parse_override(text: str) -> tuple[str, object]:
             return key, value
         return key, raw
     except ValueError:
-        raise ValueError(f"bad value {raw!r} for {key} (expects {getattr(base, '__name__', base)})") from None
+        raise ConfigError(f"bad value {raw!r} for {key} (expects {getattr(base, '__name__', base)})") from None

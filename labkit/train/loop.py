@@ -10,8 +10,6 @@ loop trains an FP32 model, the pretrained starting point.
 from __future__ import annotations
 
 import csv
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -22,15 +20,13 @@ from tqdm.auto import tqdm
 from labkit.convert import set_bits
 from labkit.data import default_workers, make_loader
 from labkit.errors import LabkitError
+from labkit.evaluate import FP32, count_correct, fixed_subset
 from labkit.train.alrs import AdaptiveScaleLR, scale_parameters
 from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_training_checkpoint, restore_rng
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, sum_across
 from labkit.train.kd import ProgressiveSelfDistillation, recursive_targets, soft_cross_entropy
 from labkit.train.optim import cosine_lr, make_optimizer, set_learning_rates
-
-FP32 = 32  # the key of FP32 results in metrics
-
 
 class TrainingDiverged(LabkitError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -48,14 +44,6 @@ class WithIndex(Dataset):
     def __getitem__(self, index):
         image, label = self.dataset[index]
         return image, label, index
-
-
-def fixed_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    """A seeded random subset of ``size`` samples (the whole dataset when ``size`` is None or too big)."""
-    if size is None or size >= len(dataset):
-        return dataset
-    generator = torch.Generator().manual_seed(seed)
-    return Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:size].tolist()))
 
 
 class JointTrainer:
@@ -218,10 +206,14 @@ class JointTrainer:
                 set_learning_rates(self.optimizer, lr, {name: multiplier for name in self.alrs_groups})
                 self.optimizer.step()
             else:
+                # Scale this precision's share of the accumulated gradient: before + η_b · (now − before).
                 for param, before in zip(self.alrs_params, stash):
-                    if param.grad is not None:
-                        contribution = param.grad if before is None else param.grad - before
-                        param.grad = contribution.mul_(multiplier) if before is None else before.add_(contribution, alpha=multiplier)
+                    if param.grad is None:
+                        continue
+                    if before is None:
+                        param.grad.mul_(multiplier)
+                    else:
+                        param.grad = before.add_(param.grad - before, alpha=multiplier)
             if self.pskd is not None and bits == self.bits[0]:
                 self.pskd.update(indices, logits)
             higher_logits = logits.detach()
@@ -233,26 +225,17 @@ class JointTrainer:
         return losses
 
     # ---------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, dataset: Dataset, bits_list=None) -> dict[int, float]:
         """Top-1 accuracy (%) at every bit-width (or FP32), summed over all processes."""
-        bits_list = bits_list or (self.bits or (FP32,))
-        was_training = self.model.training
-        self.model.eval()
         results = {}
         loader = self.eval_loader(dataset)
-        for bits in bits_list:
+        for bits in bits_list or (self.bits or (FP32,)):
             if bits != FP32:
                 set_bits(self.model, bits)
-            counts = torch.zeros(2, dtype=torch.float64)
-            for images, labels in loader:
-                images, labels = self._prepare(images, labels)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp_bf16):
-                    logits = self.model(images)
-                counts += torch.tensor([float((logits.argmax(1) == labels).sum()), labels.numel()], dtype=torch.float64)
+            counts = torch.tensor(count_correct(self.model, loader, self.device, self.config.amp_bf16,
+                                                self.config.channels_last), dtype=torch.float64)
             counts = sum_across(counts, self.group)
             results[bits] = round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
-        self.model.train(was_training)
         return results
 
     # ---------------------------------------------------------------- the run

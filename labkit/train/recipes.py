@@ -6,6 +6,7 @@ and ``laptop`` (minutes to an hour on a CPU, numbers that mean something). Comma
 """
 from __future__ import annotations
 
+from labkit.config import ConfigError
 from labkit.train.config import TrainConfig
 
 PROFILES = ("smoke", "laptop", "paper")
@@ -76,9 +77,9 @@ def list_recipes() -> list[str]:
 def recipe_config(name: str, profile: str = "laptop", overrides: dict | None = None) -> TrainConfig:
     """The :class:`TrainConfig` of recipe ``name`` at ``profile``, with ``overrides`` applied last."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}")
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}")
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; use one of {list(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; use one of {list(PROFILES)}")
     recipe = RECIPES[name]
     data = dict(recipe["base"], recipe=name)
     data.update(recipe["profiles"].get(profile, {}))

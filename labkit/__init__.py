@@ -7,13 +7,14 @@ from __future__ import annotations
 from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, trained_bits
 from labkit.storage import load_int, save_int
 from labkit.train.alrs import alrs_factors
-from labkit.errors import BitWidthError, CheckpointError, DataNotFoundError, LabkitError
+from labkit.errors import BitWidthError, CheckpointError, DataLayoutError, DataNotFoundError, LabkitError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BitWidthError",
     "CheckpointError",
+    "DataLayoutError",
     "DataNotFoundError",
     "LabkitError",
     "__version__",

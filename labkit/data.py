@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
 from labkit.config import DATA_ENV, data_root
-from labkit.errors import DataNotFoundError, LabkitError
+from labkit.errors import DataLayoutError, DataNotFoundError
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -110,10 +110,6 @@ _CLASSES_FILE_HOW = (
     "LOC_synset_mapping.txt of the ImageNet Kaggle download, '<wnid> <name>', is accepted as it is). Put it in "
     f"the data root, or set {DATA_ENV} to a data root that holds it (data root now: {{root}})."
 )
-
-
-class DataLayoutError(LabkitError, ValueError):
-    """A data folder that exists but is not laid out as expected (unknown class folders, malformed class list)."""
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -15,3 +15,7 @@ class CheckpointError(LabkitError, ValueError):
 
 class DataNotFoundError(LabkitError, FileNotFoundError):
     """A data folder that is missing or empty."""
+
+
+class DataLayoutError(LabkitError, ValueError):
+    """A data folder that exists but is not laid out as expected (unknown class folders, malformed class list)."""

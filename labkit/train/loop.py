@@ -59,6 +59,11 @@ class JointTrainer:
         self.bits = tuple(config.bits) if config.bits is not None else None
         self.show_progress = show_progress and self.group.is_main
         self.model = model.to(self.device)
+        if self.group.distributed:
+            from labkit.train.sync_bn import convert_sync_batchnorm
+
+            # Batch norm over the global batch, so N processes train exactly like one with the same batch.
+            self.model = convert_sync_batchnorm(self.model, self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_set = WithIndex(train_set)

@@ -34,7 +34,7 @@ def _example_input(model: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def plan_quantization(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding",
                       rounding: str = "half_even", keep_first_last: bool = True, example_input=None,
-                      grad_mode: str = "lsq", act_init: str = "lsq") -> dict:
+                      grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "max") -> dict:
     """Decide what ``quantize_model`` will do, by one probe forward pass in eval mode."""
     bit_set = check_bit_set(bits)
     if method not in WEIGHT_METHODS:
@@ -78,6 +78,7 @@ def plan_quantization(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double
         "rounding": rounding,
         "grad_mode": grad_mode,
         "act_init": act_init,
+        "weight_init": weight_init,
         "keep_first_last": keep_first_last,
         "float_layers": [name for name in order if name not in quantized],
         "layers": {name: {"act_signed": signed[name]} for name in quantized},
@@ -93,7 +94,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Replace layers and batch norms of ``model`` (in place) as ``plan`` says."""
     options = dict(bits=tuple(plan["bits"]), method=plan["method"], rounding=plan["rounding"],
-                   grad_mode=plan["grad_mode"], act_init=plan["act_init"])
+                   grad_mode=plan["grad_mode"], act_init=plan["act_init"], weight_init=plan["weight_init"])
     for name, layer_plan in plan["layers"].items():
         source = model.get_submodule(name)
         cls = QConv2d if isinstance(source, nn.Conv2d) else QLinear
@@ -107,7 +108,8 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
 
 def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding", *,
                    rounding: str = "half_even", keep_first_last: bool = True, example_input=None,
-                   grad_mode: str = "lsq", act_init: str = "lsq", inplace: bool = False) -> nn.Module:
+                   grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "max",
+                   inplace: bool = False) -> nn.Module:
     """A multi-precision copy of ``model``: conv/linear layers quantized, batch norms switchable.
 
     Args:
@@ -121,9 +123,12 @@ def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_ro
         example_input: a batch for the probe pass; by default random data shaped for the first layer.
         grad_mode: ``"lsq"`` or ``"reference"`` scale gradients (see :mod:`labkit.quant.lsq`).
         act_init: ``"lsq"`` or ``"percentile"`` initialisation of activation scales.
+        weight_init: ``"max"`` (max|W| per channel, nothing clipped) or ``"reference"`` (the authors'
+            ``max(|μ ± 3σ|) / 2^(h−1)``, which clips outliers) initialisation of the weight scales.
         inplace: modify ``model`` itself instead of a deep copy.
     """
-    plan = plan_quantization(model, bits, method, rounding, keep_first_last, example_input, grad_mode, act_init)
+    plan = plan_quantization(model, bits, method, rounding, keep_first_last, example_input, grad_mode, act_init,
+                             weight_init)
     target = model if inplace else copy.deepcopy(model)
     if hasattr(model, "labkit_arch"):
         target.labkit_arch = copy.deepcopy(model.labkit_arch)

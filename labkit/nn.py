@@ -19,11 +19,12 @@ from labkit.quant.ranges import check_bit_set, check_bits
 class QuantizedLayer:
     """Shared behaviour of :class:`QConv2d` and :class:`QLinear`."""
 
-    def _setup_quantizers(self, bits, method, rounding, act_signed, grad_mode, act_init):
+    def _setup_quantizers(self, bits, method, rounding, act_signed, grad_mode, act_init, weight_init):
         self.bit_set = check_bit_set(bits)
         self.method = method
         self.bits = self.bit_set[0]
-        self.weight_quantizer = make_weight_quantizer(method, self.weight.shape[0], self.bit_set, rounding, grad_mode)
+        self.weight_quantizer = make_weight_quantizer(method, self.weight.shape[0], self.bit_set, rounding, grad_mode,
+                                                      weight_init)
         self.act_quantizer = ActivationQuantizer(self.bit_set, signed=act_signed, init=act_init)
         self.weight_quantizer.reset_scale(self.weight)
 
@@ -54,10 +55,11 @@ class QConv2d(QuantizedLayer, nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", *, bits=(8, 6, 4, 2), method="double_rounding",
-                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", pre_padding=None):
+                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="max",
+                 pre_padding=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self.pre_padding = pre_padding
-        self._setup_quantizers(bits, method, rounding, act_signed, grad_mode, act_init)
+        self._setup_quantizers(bits, method, rounding, act_signed, grad_mode, act_init, weight_init)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, **options) -> "QConv2d":
@@ -79,9 +81,9 @@ class QLinear(QuantizedLayer, nn.Linear):
     """``nn.Linear`` with quantized input and weight."""
 
     def __init__(self, in_features, out_features, bias=True, *, bits=(8, 6, 4, 2), method="double_rounding",
-                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq"):
+                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="max"):
         super().__init__(in_features, out_features, bias)
-        self._setup_quantizers(bits, method, rounding, act_signed, grad_mode, act_init)
+        self._setup_quantizers(bits, method, rounding, act_signed, grad_mode, act_init, weight_init)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, **options) -> "QLinear":

@@ -9,6 +9,7 @@ scale ``s_h · 2^Δ`` (Eq. 3), so the rebuilt model gives the same outputs as th
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -21,13 +22,18 @@ from safetensors.torch import save_file
 
 from labkit.convert import apply_plan, quantized_layers, set_bits
 from labkit.errors import CheckpointError
+from labkit.quant.ranges import check_bits
 
 FORMAT = "labkit-int/1"
 CODES_SUFFIX = ".weight_codes"
 
 
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], arch_json: str, plan_json: str) -> str:
+    """SHA-256 over the format, the architecture and plan JSON, and every tensor (name, dtype, shape, bytes)."""
     digest = hashlib.sha256()
+    for text in (FORMAT, arch_json, plan_json):
+        digest.update(text.encode())
+        digest.update(b"\0")
     for key in sorted(tensors):
         tensor = tensors[key].contiguous()
         digest.update(key.encode())
@@ -53,7 +59,53 @@ def int_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in layers.items():
         del state[f"{name}.weight"]
         state[name + CODES_SUFFIX] = layer.weight_quantizer.high_codes(layer.weight).detach().cpu().contiguous()
-    return state
+    return pack_per_bit(state, next(iter(layers.values())).bit_set)
+
+
+PER_BIT_CONTAINERS = ("per_bit", "scale", "offset")  # SwitchableBatchNorm2d.per_bit, per-bit scale/offset dicts
+
+
+def _per_bit_group(key: str, bits) -> tuple[str, int] | None:
+    """``("a.per_bit.*.weight", 4)`` for ``"a.per_bit.4.weight"``; None for a key that is not per bit."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        if parts[i - 1] in PER_BIT_CONTAINERS and parts[i].isdigit() and int(parts[i]) in bits:
+            return ".".join(parts[:i] + ["*"] + parts[i + 1:]), int(parts[i])
+    return None
+
+
+def pack_per_bit(state: dict[str, torch.Tensor], bits) -> dict[str, torch.Tensor]:
+    """Stack the per-bit copies of a tensor (BN statistics, activation scales) into one tensor per group.
+
+    ``x.per_bit.8.weight`` … ``x.per_bit.2.weight`` become ``x.per_bit.*.weight`` of shape ``[len(bits), …]``
+    (high to low): the same numbers, with a much smaller file header than hundreds of tiny tensors.
+    """
+    groups: dict[str, dict[int, torch.Tensor]] = {}
+    packed = {}
+    for key, value in state.items():
+        group = _per_bit_group(key, bits)
+        if group is None:
+            packed[key] = value
+        else:
+            groups.setdefault(group[0], {})[group[1]] = value
+    for group, members in groups.items():
+        if set(members) == set(bits) and len({(m.shape, m.dtype) for m in members.values()}) == 1:
+            packed[group] = torch.stack([members[b] for b in bits])
+        else:  # incomplete or ragged: keep them apart
+            packed.update({group.replace("*", str(b)): members[b] for b in members})
+    return packed
+
+
+def unpack_per_bit(tensors: dict[str, torch.Tensor], bits) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_per_bit`."""
+    unpacked = {}
+    for key, value in tensors.items():
+        if ".*." in f".{key}." and value.shape[:1] == (len(bits),):
+            for index, b in enumerate(bits):
+                unpacked[key.replace("*", str(b))] = value[index].clone()
+        else:
+            unpacked[key] = value
+    return unpacked
 
 
 def save_int(model: torch.nn.Module, path) -> Path:
@@ -62,12 +114,8 @@ def save_int(model: torch.nn.Module, path) -> Path:
     if plan is None:
         raise CheckpointError("the model was not made by labkit.quantize_model; quantize it first.")
     state = int_state(model)
-    metadata = {
-        "format": FORMAT,
-        "arch": json.dumps(getattr(model, "labkit_arch", None)),
-        "plan": json.dumps(plan),
-        "sha256": _tensor_digest(state),
-    }
+    arch_json, plan_json = json.dumps(getattr(model, "labkit_arch", None)), json.dumps(plan)
+    metadata = {"format": FORMAT, "arch": arch_json, "plan": plan_json, "sha256": _digest(state, arch_json, plan_json)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -100,10 +148,10 @@ def read_int(path) -> tuple[dict[str, torch.Tensor], dict]:
             f"{path} is a safetensors file but not a labkit INT checkpoint (format "
             f"{raw_metadata.get('format')!r}, expected {FORMAT!r}); write one with labkit.save_int."
         )
-    if _tensor_digest(tensors) != raw_metadata.get("sha256"):
+    if _digest(tensors, raw_metadata.get("arch", ""), raw_metadata.get("plan", "")) != raw_metadata.get("sha256"):
         raise CheckpointError(
-            f"{path} is corrupted: its tensors do not match the checksum written with them; "
-            "re-create it with labkit.save_int."
+            f"{path} is corrupted: its tensors or metadata do not match the checksum written with them; "
+            "re-create it with labkit.save_int from the trained model or its training checkpoint."
         )
     try:
         metadata = {"arch": json.loads(raw_metadata["arch"]), "plan": json.loads(raw_metadata["plan"])}
@@ -132,10 +180,14 @@ def load_int(path, model: torch.nn.Module | None = None, bits=None) -> torch.nn.
     """Rebuild a multi-precision model from an INT checkpoint, in eval mode at ``bits`` (default: highest).
 
     ``model`` is needed only when the checkpoint's architecture was not built by
-    :func:`labkit.models.build_model`: pass an FP32 model of the same architecture.
+    :func:`labkit.models.build_model`: pass an FP32 model of the same architecture (it is copied, not
+    modified). A failed load raises :class:`CheckpointError` (or :class:`BitWidthError` for ``bits``)
+    and changes nothing.
     """
     tensors, metadata = read_int(path)
     arch, plan = metadata["arch"], metadata["plan"]
+    if bits is not None:
+        check_bits(bits, allowed=plan["bits"])
     if model is None:
         if arch is None:
             raise CheckpointError(
@@ -147,21 +199,29 @@ def load_int(path, model: torch.nn.Module | None = None, bits=None) -> torch.nn.
         try:
             model = build_model_from_arch(arch)
         except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{path} names an architecture this lab cannot build ({error}).") from None
+            raise CheckpointError(
+                f"{path} names an architecture this lab cannot build ({error}); load it with the labkit version that "
+                "wrote it, or pass model=<an FP32 model of that architecture>."
+            ) from None
     else:
         if quantized_layers(model):
             raise CheckpointError("pass an FP32 model to load_int (not one already quantized): it applies the stored plan itself.")
         own_arch = getattr(model, "labkit_arch", None)
         if arch is not None and own_arch is not None and own_arch != arch:
             raise CheckpointError(f"{path} holds architecture {arch}, but the model given is {own_arch}; pass a matching model.")
+        model = copy.deepcopy(model)  # the caller's model stays as it was, whatever happens below
     try:
         apply_plan(model, plan)
-    except (AttributeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} is a checkpoint for another architecture ({error}).") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is a checkpoint for another architecture ({error}); load it into the architecture it was saved "
+            "from (labkit.load_int(path) rebuilds it when it was made by labkit.models.build_model)."
+        ) from None
     layers = quantized_layers(model)
     expected = int_state(model)
     _check_architecture(path, expected, tensors)
-    state = {key: value for key, value in tensors.items() if not key.endswith(CODES_SUFFIX)}
+    state = {key: value for key, value in unpack_per_bit(tensors, tuple(plan["bits"])).items()
+             if not key.endswith(CODES_SUFFIX)}
     for name, layer in layers.items():
         codes = tensors[name + CODES_SUFFIX]
         quantizer = layer.weight_quantizer

@@ -18,12 +18,13 @@ WEIGHT_METHODS = {
 }
 
 
-def make_weight_quantizer(method: str, out_channels: int, bits, rounding: str = "half_even", grad_mode: str = "lsq") -> WeightQuantizer:
+def make_weight_quantizer(method: str, out_channels: int, bits, rounding: str = "half_even", grad_mode: str = "lsq",
+                          init: str = "max") -> WeightQuantizer:
     """Build the weight quantizer that ``method=`` names (see :data:`WEIGHT_METHODS`)."""
     if method not in WEIGHT_METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {sorted(WEIGHT_METHODS)}.")
     cls, forced_rounding = WEIGHT_METHODS[method]
-    return cls(out_channels, bits, rounding=forced_rounding or rounding, grad_mode=grad_mode)
+    return cls(out_channels, bits, rounding=forced_rounding or rounding, grad_mode=grad_mode, init=init)
 
 
 __all__ = [

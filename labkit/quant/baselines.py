@@ -16,7 +16,7 @@ from torch import nn
 
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, quantize_codes
 from labkit.quant.ranges import int_range
-from labkit.quant.weight import WeightQuantizer, channel_view, reference_scale_init
+from labkit.quant.weight import WeightQuantizer, channel_view, scale_init
 
 
 class PerBitScaleWeightQuantizer(WeightQuantizer):
@@ -24,8 +24,9 @@ class PerBitScaleWeightQuantizer(WeightQuantizer):
 
     method = "per_bit_scale"
 
-    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
-        super().__init__(bits)
+    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
+                 init: str = "max"):
+        super().__init__(bits, init)
         self.grad_mode = grad_mode
         # One parameter per bit-width, so an optimizer step at one precision leaves the others untouched.
         self.scale = nn.ParameterDict({str(b): nn.Parameter(torch.ones(out_channels)) for b in self.bit_set})
@@ -33,7 +34,7 @@ class PerBitScaleWeightQuantizer(WeightQuantizer):
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
         for bits in self.bit_set:
-            self.scale[str(bits)].copy_(reference_scale_init(weight, bits))
+            self.scale[str(bits)].copy_(scale_init(weight, bits, self.init))
 
     def _scale(self, bits: int) -> torch.Tensor:
         return self.scale[str(bits)]
@@ -59,8 +60,9 @@ class DoReFaWeightQuantizer(WeightQuantizer):
 
     method = "any_precision"
 
-    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
-        super().__init__(bits)
+    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
+                 init: str = "max"):
+        super().__init__(bits, init)
         self.out_channels = out_channels
 
     def reset_scale(self, weight: torch.Tensor) -> None:

@@ -22,6 +22,9 @@ def channel_view(scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return scale.view(-1, *([1] * (weight.dim() - 1)))
 
 
+SCALE_INITS = ("max", "reference")
+
+
 def reference_scale_init(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-channel scale init of the reference code: ``max(|μ − 3σ|, |μ + 3σ|) / 2^(b−1)`` (METHOD.md §3)."""
     flat = weight.detach().flatten(1)
@@ -31,6 +34,24 @@ def reference_scale_init(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return (spread / (1 << (bits - 1))).clamp_min(1e-8)
 
 
+def max_scale_init(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-channel ``max|W| / (2^(b−1) − 1)``: no weight is clipped at the start.
+
+    The 3σ rule clips the largest weights of channels with few weights (a 3×3 depthwise channel has 9):
+    a pretrained EfficientNet-Lite0 fell from 81 % to 36 % top-1 at 16 bits with it, and kept 80 % at 8 bits
+    with this rule (128 ImageNet val images, no training). So this is the default; ``"reference"`` follows
+    the authors' code.
+    """
+    return (weight.detach().flatten(1).abs().amax(dim=1) / ((1 << (bits - 1)) - 1)).clamp_min(1e-8)
+
+
+def scale_init(weight: torch.Tensor, bits: int, rule: str = "max") -> torch.Tensor:
+    """The initial per-channel scale of ``bits`` by ``rule`` (``"max"`` or ``"reference"``)."""
+    if rule not in SCALE_INITS:
+        raise ValueError(f"weight_init={rule!r} is unknown; use one of {list(SCALE_INITS)}.")
+    return max_scale_init(weight, bits) if rule == "max" else reference_scale_init(weight, bits)
+
+
 class WeightQuantizer(nn.Module):
     """Common interface: ``forward(weight, bits)`` fake-quantizes, ``codes(weight, bits)`` gives integers."""
 
@@ -38,9 +59,12 @@ class WeightQuantizer(nn.Module):
     #: True when every trained precision can be derived from one stored INT-h tensor.
     nested = False
 
-    def __init__(self, bits):
+    def __init__(self, bits, init: str = "max"):
         super().__init__()
         self.bit_set = check_bit_set(bits)
+        if init not in SCALE_INITS:
+            raise ValueError(f"weight_init={init!r} is unknown; use one of {list(SCALE_INITS)}.")
+        self.init = init
 
     @property
     def high_bits(self) -> int:
@@ -66,8 +90,9 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
     method = "double_rounding"
     nested = True
 
-    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq"):
-        super().__init__(bits)
+    def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
+                 init: str = "max"):
+        super().__init__(bits, init)
         self.rounding = check_rounding(rounding)
         self.grad_mode = grad_mode
         self.scale = nn.Parameter(torch.ones(out_channels))
@@ -77,8 +102,8 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
 
     @torch.no_grad()
     def reset_scale(self, weight: torch.Tensor) -> None:
-        """Initialise ``s_h`` from the weight as the reference code does."""
-        self.scale.copy_(reference_scale_init(weight, self.high_bits))
+        """Initialise ``s_h`` from the weight (``init``: max|W| per channel, or the reference code's 3σ rule)."""
+        self.scale.copy_(scale_init(weight, self.high_bits, self.init))
 
     def shift(self, bits: int) -> int:
         """Δ = h − l, the number of low bits the second rounding drops."""
@@ -118,7 +143,7 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
         return codes, self.scale.detach() * (2.0 ** self.shift(bits))
 
     def extra_repr(self) -> str:
-        return f"bits={list(self.bit_set)}, rounding={self.rounding!r}, grad_mode={self.grad_mode!r}"
+        return f"bits={list(self.bit_set)}, rounding={self.rounding!r}, grad_mode={self.grad_mode!r}, init={self.init!r}"
 
 
 class LsqWeightQuantizer(DoubleRoundingWeightQuantizer):
@@ -126,11 +151,12 @@ class LsqWeightQuantizer(DoubleRoundingWeightQuantizer):
 
     method = "lsq"
 
-    def __init__(self, out_channels: int, bits=(4,), rounding: str = "half_even", grad_mode: str = "lsq"):
+    def __init__(self, out_channels: int, bits=(4,), rounding: str = "half_even", grad_mode: str = "lsq",
+                 init: str = "max"):
         bit_set = check_bit_set(bits)
         if len(bit_set) != 1:
             raise ValueError(
                 f"method='lsq' trains one dedicated model per bit-width, got bits={list(bit_set)}; "
                 "pass a single bit-width such as bits=(4,), or use method='double_rounding' for a bit set."
             )
-        super().__init__(out_channels, bit_set, rounding, grad_mode)
+        super().__init__(out_channels, bit_set, rounding, grad_mode, init)

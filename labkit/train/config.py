@@ -23,6 +23,8 @@ class TrainConfig:
     rounding: str = "half_even"           # tie rule of the second rounding (METHOD.md §1 [open])
     grad_mode: str = "lsq"                # lsq | reference (METHOD.md §3)
     keep_first_last: bool = True          # first and last layer stay FP32 (METHOD.md §4)
+    weight_init: str = "max"              # max | reference (the authors' 3σ rule, METHOD.md §3)
+    act_init: str = "lsq"                 # lsq | percentile (METHOD.md §3)
     algorithm: str = "a2"                 # a2: one step per bit-width high→low (paper); a1: accumulate, one step
     alrs: str = "eq7"                     # eq7 (paper Eq. 7) | geometric (reference code) | none
     alrs_gradient_term: bool = False      # Eq. 6 gradient term, opt-in and floored above zero
@@ -56,6 +58,8 @@ class TrainConfig:
             "method": ("double_rounding", "floor", "per_bit_scale", "any_precision", "lsq"),
             "rounding": ("half_even", "half_up"),
             "grad_mode": ("lsq", "reference"),
+            "weight_init": ("max", "reference"),
+            "act_init": ("lsq", "percentile"),
             "algorithm": ("a1", "a2"),
             "alrs": ("eq7", "geometric", "none"),
             "alrs_targets": ("scales", "scales_bn_bias"),

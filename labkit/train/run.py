@@ -77,7 +77,8 @@ def build_model_for(config: TrainConfig, num_classes: int) -> torch.nn.Module:
         return model
     example = torch.randn(2, 3, 32, 32) if config.dataset == "cifar10" else torch.randn(2, 3, 64, 64)
     return quantize_model(model, config.bits, config.method, rounding=config.rounding,
-                          keep_first_last=config.keep_first_last, grad_mode=config.grad_mode, example_input=example)
+                          keep_first_last=config.keep_first_last, grad_mode=config.grad_mode, example_input=example,
+                          weight_init=config.weight_init, act_init=config.act_init)
 
 
 def budget(config: TrainConfig, trainer: JointTrainer, profile: str) -> dict:

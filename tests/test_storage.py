@@ -262,10 +262,18 @@ def test_file_is_safetensors_only_with_int8_codes_and_no_float_copy(saved):
 
     quantized_weight_keys = {f"{name}.weight" for name in layers}
     code_keys = {name + CODES_SUFFIX for name in layers}
+    # per-bit copies (BN statistics, activation scales) are stacked into one tensor per group, high bit first
+    bits = tuple(model.labkit_quant["bits"])
+    stacked = {key for key in keys if ".*." in key}
+    assert stacked and all(tensors[key].shape[0] == len(bits) for key in stacked)
+    unpacked = storage.unpack_per_bit(tensors, bits)
+    for key in stacked:
+        for index, b in enumerate(bits):
+            assert torch.equal(unpacked[key.replace("*", str(b))], tensors[key][index])
     # every key accounted for: the model's state without the quantized float weights, plus their codes
-    assert keys == (set(state) - quantized_weight_keys) | code_keys
-    for key in keys - code_keys:
-        assert tensors[key].dtype == state[key].dtype and torch.equal(tensors[key], state[key]), key
+    assert set(unpacked) == (set(state) - quantized_weight_keys) | code_keys
+    for key in set(unpacked) - code_keys:
+        assert unpacked[key].dtype == state[key].dtype and torch.equal(unpacked[key], state[key]), key
     for name, layer in layers.items():
         codes = tensors[name + CODES_SUFFIX]
         assert codes.dtype == torch.int8 and codes.shape == layer.weight.shape, name

@@ -63,7 +63,8 @@ RECIPES: dict[str, dict] = {
     "imagenette-efficientnet-lite0": {
         "base": dict(dataset="imagenette", model="efficientnet_lite0", bits=(8, 6, 4, 2), optimizer="adam", lr=1e-4,
                      weight_decay=5e-5, epochs=10, batch_size=64, init_from=None),
-        "profiles": _IMAGENET_SCALE,
+        "profiles": {**_IMAGENET_SCALE,
+                     "laptop": {"epochs": 1, "train_subset": 512, "eval_subset": 500, "batch_size": 32}},
         "about": ("ImageNet-pretrained EfficientNet-Lite0 quantized jointly {8,6,4,2}, fine-tuned on Imagenette; "
                   "evaluated per bit-width on Imagenette val and 1,300 ILSVRC2012 val images (1000-class labels)."),
     },

@@ -76,8 +76,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = train(args.recipe, args.out, overrides, resume=args.resume, show_progress=not args.quiet)
     accuracy = "  ".join(f"{bits}-bit {value:.2f}%" if bits != "32" else f"FP32 {value:.2f}%"
                          for bits, value in metrics["accuracy"].items())
-    print(f"{args.recipe} ({metrics['profile']} profile) top-1: {accuracy}")
-    print(f"run folder: {args.out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{args.recipe} ({metrics['profile']} profile) top-1: {accuracy}")
+        print(f"run folder: {args.out}")
     return 0
 
 

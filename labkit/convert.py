@@ -94,7 +94,7 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
     """Replace layers and batch norms of ``model`` (in place) as ``plan`` says."""
     options = dict(bits=tuple(plan["bits"]), method=plan["method"], rounding=plan["rounding"],
-                   grad_mode=plan["grad_mode"], act_init=plan["act_init"], weight_init=plan["weight_init"])
+                   grad_mode=plan["grad_mode"], act_init=plan["act_init"], weight_init=plan.get("weight_init", "max"))
     for name, layer_plan in plan["layers"].items():
         source = model.get_submodule(name)
         cls = QConv2d if isinstance(source, nn.Conv2d) else QLinear

@@ -19,6 +19,12 @@ from labkit.quant.ranges import check_bit_set, check_bits, int_range
 INIT_RULES = ("lsq", "percentile")
 
 
+def _world_size() -> int:
+    """Processes training together (1 without an initialised torch.distributed process group)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class ActivationQuantizer(nn.Module):
     """Per-bit LSQ activation quantizer, unsigned (after ReLU) or signed with a learned offset."""
 
@@ -42,7 +48,8 @@ class ActivationQuantizer(nn.Module):
         """Set the scale of ``bits`` from a batch (and the offset of the signed variant to its centre)."""
         index = self.index(bits)
         qmin, qmax = int_range(bits, signed=self.signed)
-        x = x.detach().float()
+        x = x.detach()
+        x = x if x.dtype == torch.float64 else x.float()
         if self.signed:
             self.offset[str(bits)].zero_()
         if self.init == "percentile":
@@ -53,8 +60,17 @@ class ActivationQuantizer(nn.Module):
             if not self.signed:
                 low = low.clamp_min(0.0)
             scale = (high - low) / (qmax - qmin)
+            if self.training and _world_size() > 1:  # every process starts from rank 0's scale
+                scale = scale.reshape(1).to(x.dtype).contiguous()
+                torch.distributed.broadcast(scale, src=0)
+                scale = scale[0]
         else:
-            scale = 2 * x.abs().mean() / (qmax ** 0.5)
+            # Under DDP every process must start from the same scale: that of the global batch.
+            totals = torch.stack([x.abs().sum(dtype=torch.float64),
+                                  torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)])
+            if self.training and _world_size() > 1:
+                torch.distributed.all_reduce(totals)
+            scale = 2 * totals[0] / totals[1] / (qmax ** 0.5)
         self.scale[str(bits)].copy_(scale.clamp_min(1e-8))
         self.initialized[index] = True
 
@@ -63,7 +79,8 @@ class ActivationQuantizer(nn.Module):
         if not bool(self.initialized[index]):
             self.initialize(x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)
-        grad_factor = lsq_grad_scale(x.numel(), qmax)
+        # N of LSQ's g = 1/sqrt(N p) is the activations this scale covers in the (global) batch.
+        grad_factor = lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
         scale = self.scale[str(bits)]
         if self.offset is None:
             return fake_quantize(x, scale, qmin, qmax, grad_factor=grad_factor)

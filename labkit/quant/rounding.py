@@ -86,7 +86,9 @@ _KERNEL = {"double_round": _shift_round_clip}
 def use_fused_double_round(enabled: bool = True) -> None:
     """Run :func:`double_round` as one ``torch.compile``-fused integer loop (one pass over the codes)
     instead of ~7 eager passes; the first call per shape compiles (seconds). Same results bit for bit."""
-    _KERNEL["double_round"] = torch.compile(_shift_round_clip, dynamic=None) if enabled else _shift_round_clip
+    if enabled and "compiled" not in _KERNEL:
+        _KERNEL["compiled"] = torch.compile(_shift_round_clip, dynamic=None)
+    _KERNEL["double_round"] = _KERNEL["compiled"] if enabled else _shift_round_clip
 
 
 def shift_round_float(q: torch.Tensor, shift: int, rounding: str = "half_even") -> torch.Tensor:

@@ -87,5 +87,5 @@ def scale_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     params = []
     for layer in quantized_layers(model).values():
         for quantizer in (layer.weight_quantizer, layer.act_quantizer):
-            params.extend(p for p in quantizer.parameters(recurse=False))
+            params.extend(quantizer.parameters())  # includes the per-bit ParameterDicts
     return params

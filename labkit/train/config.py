@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -77,8 +78,23 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive")
+        checks = [
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a positive finite number"),
+            ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "≥ 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("kd_alpha", 0 <= self.kd_alpha <= 1, "in [0, 1]"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("train_subset", self.train_subset is None or self.train_subset >= 1, "≥ 1 or none (the whole set)"),
+            ("eval_subset", self.eval_subset is None or self.eval_subset >= 1, "≥ 1 or none (the whole set)"),
+            ("workers", self.workers is None or self.workers >= 0, "≥ 0 or none (chosen for this machine)"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "≥ 0 (0: at epoch ends only)"),
+            ("eval_every", self.eval_every >= 1, "≥ 1"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "between 0 and epochs"),
+            ("image_size", self.image_size >= 16, "≥ 16"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be {expected}")
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

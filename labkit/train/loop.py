@@ -110,6 +110,8 @@ class JointTrainer:
         }
 
     def save_checkpoint(self) -> None:
+        """Write the resumable state; never one with non-finite weights (that stops the run instead)."""
+        self._check_parameters_finite()
         if self.group.is_main:
             atomic_torch_save(self.state_dict(), self.checkpoint_path)
 
@@ -164,12 +166,20 @@ class JointTrainer:
             return soft_cross_entropy(logits, recursive_targets(labels, higher_logits, self.num_classes))
         return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
 
+    def _diverged(self, what: str, bits=None) -> TrainingDiverged:
+        where = f"epoch {self.epoch + 1}, batch {self.batch + 1}" + (f", {bits}-bit pass" if bits not in (None, FP32) else "")
+        kept = (f"its last good checkpoint ({self.checkpoint_path}) is kept; fix the cause, then continue with --resume"
+                if self.checkpoint_path.exists() else "no checkpoint had been written yet; fix the cause and start again")
+        return TrainingDiverged(f"{what} at {where}; the run stopped and {kept} (e.g. lower lr, check the data).")
+
     def _check_finite(self, loss: torch.Tensor, bits) -> None:
         if not torch.isfinite(loss):
-            where = f"epoch {self.epoch + 1}, batch {self.batch + 1}" + (f", {bits}-bit pass" if bits != FP32 else "")
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at {where}; the run stopped and its last good checkpoint "
-                f"({self.checkpoint_path}) is kept. Lower lr or check the data, then resume with --resume.")
+            raise self._diverged(f"the loss became {loss.item()}", bits)
+
+    def _check_parameters_finite(self) -> None:
+        for name, param in self.model.named_parameters():
+            if not torch.isfinite(param).all():
+                raise self._diverged(f"parameter {name} became NaN or infinite")
 
     def _record(self, bits, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         sums = self.train_sums
@@ -206,7 +216,13 @@ class JointTrainer:
             loss = self._loss(logits, labels, indices, bits, higher_logits, epoch)
             self._check_finite(loss, bits)
             loss.backward()
-            multiplier = self.alrs.multiplier(bits, [p.grad for p in self.scale_params])
+            if stash is None:
+                own_scale_grads = [p.grad for p in self.scale_params]
+            else:  # A.1: this precision's own share of the accumulated scale gradients
+                before = {id(p): b for p, b in zip(self.alrs_params, stash)}
+                own_scale_grads = [None if p.grad is None else p.grad - before[id(p)] if before.get(id(p)) is not None
+                                   else p.grad for p in self.scale_params]
+            multiplier = self.alrs.multiplier(bits, own_scale_grads)
             if self.config.algorithm == "a2":
                 set_learning_rates(self.optimizer, lr, {name: multiplier for name in self.alrs_groups})
                 self.optimizer.step()

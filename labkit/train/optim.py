@@ -44,7 +44,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     raise ValueError(f"optimizer={name!r} is unknown; use 'adam', 'adamw' or 'sgd'.")
 
 

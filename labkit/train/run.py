@@ -103,6 +103,9 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
     if resume and config_file.is_file():
         saved = json.loads(config_file.read_text())
         config = TrainConfig.from_dict(saved["config"])
+        if recipe and recipe != config.recipe:
+            raise LabkitError(f"{out_dir} holds a run of recipe {config.recipe!r}, not {recipe!r}; resume it with "
+                              f"--recipe {config.recipe} or choose another --out.")
         if overrides and config.with_overrides(overrides).to_dict() != config.to_dict():
             raise LabkitError(f"--resume continues the run in {out_dir} with its own settings; drop the overrides "
                               "or start a new --out folder.")

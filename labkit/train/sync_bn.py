@@ -79,8 +79,6 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         out.running_mean, out.running_var = bn.running_mean, bn.running_var
         out.num_batches_tracked = bn.num_batches_tracked
         out.train(bn.training)
-        if hasattr(bn, "qconfig"):
-            out.qconfig = bn.qconfig
         return out
 
     def _global(self) -> bool:
@@ -97,7 +95,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         dims = [0, 2, 3]
         shape = (1, channels, 1, 1)
-        # Pass 1: global per-channel sum and count -> mean.
+        # Pass 1: global per-channel sum and count -> mean. (The count rides along in the input's dtype:
+        # exact in float32 up to 2^24 values per channel per global batch.)
         local_count = torch.full((1,), float(x.numel() // channels), dtype=x.dtype, device=x.device)
         totals = _all_reduce_sum(torch.cat([x.sum(dims), local_count]), group)
         count = totals[channels:].detach()

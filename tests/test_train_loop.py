@@ -476,3 +476,36 @@ def test_checkpoint_written_after_a_nan_step_is_not_called_good(tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     bad = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     assert not bad, f"the kept checkpoint (position {state['position']}) holds non-finite tensors: {bad}"
+
+
+# ---------------------------------------------------------------- every method= and the device options train
+@pytest.mark.parametrize("method,bits", [("double_rounding", (8, 4)), ("floor", (8, 4)), ("per_bit_scale", (8, 4)),
+                                         ("any_precision", (8, 4)), ("lsq", (4,))])
+def test_every_quantization_method_trains_through_the_same_loop(tmp_path, method, bits):
+    from labkit.train.config import TrainConfig
+    from labkit.train.loop import JointTrainer
+
+    torch.manual_seed(0)
+    model = labkit.quantize_model(build_model("resnet20"), bits, method, example_input=torch.randn(2, 3, 32, 32))
+    images = torch.randn(16, 3, 32, 32)
+    labels = torch.randint(0, 10, (16,))
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    config = TrainConfig(bits=bits, method=method, epochs=1, batch_size=8, workers=0)
+    trainer = JointTrainer(model, config, dataset, {"train": dataset}, tmp_path, 10, show_progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    results = trainer.fit()
+    assert set(results["train"]) == {str(b) for b in bits}
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.endswith("conv1.weight") for k in changed), method
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(tmp_path):
+    from labkit.train.config import TrainConfig
+    from labkit.train.loop import JointTrainer
+
+    torch.manual_seed(0)
+    model = labkit.quantize_model(build_model("resnet20"), (8, 4), example_input=torch.randn(2, 3, 32, 32))
+    dataset = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    config = TrainConfig(bits=(8, 4), epochs=1, batch_size=8, workers=0, amp_bf16=True, channels_last=True)
+    results = JointTrainer(model, config, dataset, {"train": dataset}, tmp_path, 10, show_progress=False).fit()
+    assert all(0.0 <= v <= 100.0 for v in results["train"].values())

@@ -88,6 +88,23 @@ def budget(config: TrainConfig, trainer: JointTrainer, profile: str) -> dict:
             "eval_images": {name: len(ds) for name, ds in trainer.eval_sets.items()}}
 
 
+def source_version() -> str:
+    """The git commit of the lab's code (``+dirty`` with uncommitted changes), or ``labkit <version>`` outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from labkit import __version__
+
+        return f"labkit {__version__}"
+
+
 def _write_json(path: Path, payload: dict) -> None:
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(payload, indent=2) + "\n")
@@ -128,7 +145,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
     if group.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(config_file, {"config": config.to_dict(), "profile": profile})
-    started = time.time()
+    started, version = time.time(), source_version()
     results = trainer.fit(resume=resume)
     elapsed = time.time() - started
     primary = next(iter(results))
@@ -145,7 +162,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         _write_json(out_dir / "metrics.json", metrics)
         run_file = out_dir / "run.json"
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {"sessions": []}
-        previous["sessions"].append({"wall_time_s": round(elapsed, 1), "resumed": bool(resume),
+        previous["sessions"].append({"wall_time_s": round(elapsed, 1), "resumed": bool(resume), "source": version,
                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv})
         _write_json(run_file, previous)
         if config.bits is None:

@@ -4,7 +4,8 @@ The public names below are stable (DESIGN.md).
 """
 from __future__ import annotations
 
-from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, trained_bits
+from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, to_supernet, trained_bits
+from labkit.hasb.hessian import hessian_traces
 from labkit.storage import load_int, save_int
 from labkit.train.alrs import alrs_factors
 from labkit.errors import BitWidthError, CheckpointError, DataLayoutError, DataNotFoundError, LabkitError
@@ -22,8 +23,10 @@ __all__ = [
     "load_int",
     "save_int",
     "get_bits",
+    "hessian_traces",
     "quantize_model",
     "quantized_layers",
     "set_bits",
+    "to_supernet",
     "trained_bits",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from labkit.errors import BitWidthError
-from labkit.nn import QConv2d, QLinear, QuantizedLayer, SwitchableBatchNorm2d
+from labkit.nn import QConv2d, QLinear, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
 from labkit.quant import WEIGHT_METHODS
 from labkit.quant.ranges import check_bit_set, check_bits
 from labkit.quant.rounding import check_rounding
@@ -103,7 +103,7 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
         bn = model.get_submodule(name)
         _set_submodule(model, name, SwitchableBatchNorm2d.from_float(bn, options["bits"], source=source_layer))
     model.labkit_quant = copy.deepcopy(plan)
-    return model
+    return model.train(model.training)  # new modules take the model's train/eval mode
 
 
 def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding", *,
@@ -140,8 +140,23 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLayer)}
 
 
-def _switchable_bns(model: nn.Module) -> dict[str, SwitchableBatchNorm2d]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, SwitchableBatchNorm2d)}
+def to_supernet(model: nn.Module) -> nn.Module:
+    """Replace every switchable BN by a :class:`TransitionalBatchNorm2d` (in place): the HASB SuperNet.
+
+    The predecessor of a layer is the quantized layer executed just before it (``plan["layers"]`` is in
+    execution order). Returns ``model``; its plan records ``"supernet": True``.
+    """
+    plan = getattr(model, "labkit_quant", None)
+    if plan is None:
+        raise ValueError("the model was not made by labkit.quantize_model; quantize it first.")
+    order = list(plan["layers"])
+    predecessor = {name: (order[i - 1] if i else None) for i, name in enumerate(order)}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, SwitchableBatchNorm2d):
+            _set_submodule(model, name, TransitionalBatchNorm2d.from_switchable(module, predecessor.get(module.source)))
+    plan["supernet"] = True
+    set_bits(model, {name: layer.bits for name, layer in quantized_layers(model).items()})
+    return model.train(model.training)  # new modules take the model's train/eval mode
 
 
 def set_bits(model: nn.Module, bits) -> nn.Module:
@@ -165,9 +180,9 @@ def set_bits(model: nn.Module, bits) -> nn.Module:
         value = check_bits(bits, allowed=trained)
         for layer in layers.values():
             layer.bits = value
-    for bn in _switchable_bns(model).values():
-        if bn.source in layers:
-            bn.bits = layers[bn.source].bits
+    for module in model.modules():
+        if hasattr(module, "follow"):  # switchable and transitional batch norms
+            module.follow(layers)
     return model
 
 

@@ -132,8 +132,57 @@ class SwitchableBatchNorm2d(nn.Module):
     def set_bits(self, bits) -> None:
         self.bits = check_bits(bits, allowed=self.bit_set)
 
+    def follow(self, layers: dict) -> None:
+        """Take the bit-width of the layer that feeds this BN (``layers``: quantized layers by name)."""
+        if self.source in layers:
+            self.bits = layers[self.source].bits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.per_bit[str(self.bits)](x)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, bits={self.bits} of {list(self.bit_set)}, source={self.source!r}"
+
+
+class TransitionalBatchNorm2d(nn.Module):
+    """Transitional BN of the HASB SuperNet (METHOD.md §6 step 3, paper Alg. A.3; Bit-Mixer's TBN).
+
+    In a mixed-precision SubNet the statistics after a layer depend on its own bit-width *and* on the
+    bit-width of the layer before it (its input's precision). One ``BatchNorm2d`` per (previous-layer bit,
+    this-layer bit) pair, each initialised from the multi-precision model's per-bit BN of this layer's bit.
+    ``source`` is the layer whose output this BN normalises; ``predecessor`` the quantized layer before it
+    (None for the first quantized layer, which then uses its own bit for both).
+    """
+
+    def __init__(self, num_features: int, bits=(8, 6, 4, 2), eps: float = 1e-5, momentum: float | None = 0.1,
+                 source: str = "", predecessor: str | None = None):
+        super().__init__()
+        self.bit_set = check_bit_set(bits)
+        self.num_features = num_features
+        self.source, self.predecessor = source, predecessor
+        self.bits = self.previous_bits = self.bit_set[0]
+        self.pairs = nn.ModuleDict({f"{p}_{c}": nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)
+                                    for p in self.bit_set for c in self.bit_set})
+
+    @classmethod
+    @torch.no_grad()
+    def from_switchable(cls, bn: SwitchableBatchNorm2d, predecessor: str | None) -> "TransitionalBatchNorm2d":
+        """Every (p, c) BN starts as a copy of the switchable BN's c-bit BN."""
+        first = next(iter(bn.per_bit.values()))
+        transitional = cls(bn.num_features, bn.bit_set, first.eps, first.momentum, bn.source, predecessor)
+        for key, pair in transitional.pairs.items():
+            pair.load_state_dict(bn.per_bit[key.split("_")[1]].state_dict())
+        return transitional.to(first.weight.device if first.weight is not None else "cpu")
+
+    def follow(self, layers: dict) -> None:
+        """Take (bit of the predecessor layer, bit of the source layer) from ``layers``."""
+        if self.source in layers:
+            self.bits = layers[self.source].bits
+        self.previous_bits = layers[self.predecessor].bits if self.predecessor in layers else self.bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pairs[f"{self.previous_bits}_{self.bits}"](x)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, bits=({self.previous_bits}→{self.bits}) of {list(self.bit_set)}, "
+                f"source={self.source!r}, predecessor={self.predecessor!r}")

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from labkit.convert import apply_plan, quantized_layers, set_bits
+from labkit.convert import apply_plan, quantized_layers, set_bits, to_supernet
 from labkit.errors import CheckpointError
 from labkit.quant.ranges import check_bits
 
@@ -212,6 +212,8 @@ def load_int(path, model: torch.nn.Module | None = None, bits=None) -> torch.nn.
         model = copy.deepcopy(model)  # the caller's model stays as it was, whatever happens below
     try:
         apply_plan(model, plan)
+        if plan.get("supernet"):
+            to_supernet(model)
     except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(
             f"{path} is a checkpoint for another architecture ({error}); load it into the architecture it was saved "

@@ -52,6 +52,13 @@ class TrainConfig:
     compile_quant: bool = False           # torch.compile-fused fake-quant kernels
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
+    supernet: str = "none"                # none | hasb (Hessian-aware roulette, Alg. 1) | uniform (no Hessian)
+    supernet_from: str | None = None      # the multi-precision run (folder or INT checkpoint) the SuperNet starts from
+    sigma: float = 0.5                    # SuperNet replacement rate σ (METHOD.md §6 [ref-code])
+    sigma_warmup: int = 10                # SuperNet epochs with σ = 0 [ref-code]
+    hessian_images: int = 1000            # images for the Hutchinson traces (METHOD.md §6)
+    hessian_probes: int = 7               # at most this many Rademacher probes
+    sensitivity_rule: str = "mean"        # mean (paper) | quantile | top_k: which layers count as sensitive
 
     def __post_init__(self):
         choices = {
@@ -67,6 +74,8 @@ class TrainConfig:
             "kd": ("none", "pskd", "recursive"),
             "optimizer": ("adam", "adamw", "sgd"),
             "device": ("auto", "cpu", "cuda"),
+            "supernet": ("none", "hasb", "uniform"),
+            "sensitivity_rule": ("mean", "quantile", "top_k"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -91,6 +100,11 @@ class TrainConfig:
             ("eval_every", self.eval_every >= 1, "≥ 1"),
             ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "between 0 and epochs"),
             ("image_size", self.image_size >= 16, "≥ 16"),
+            ("sigma", 0 <= self.sigma <= 1, "in [0, 1]"),
+            ("sigma_warmup", self.supernet == "none" or 0 <= self.sigma_warmup < self.epochs, "in [0, epochs)"),
+            ("hessian_images", self.hessian_images >= 1, "≥ 1"),
+            ("hessian_probes", self.hessian_probes >= 1, "≥ 1"),
+            ("supernet_from", self.supernet == "none" or self.bits is not None, "used with a bit set"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -50,7 +50,8 @@ class JointTrainer:
     """Trains ``model`` (already quantized by :func:`labkit.quantize_model`, or FP32) as ``config`` says."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_set: Dataset, eval_sets: dict[str, Dataset],
-                 out_dir, num_classes: int, group: ProcessGroup | None = None, show_progress: bool = True):
+                 out_dir, num_classes: int, group: ProcessGroup | None = None, show_progress: bool = True,
+                 bit_sampler=None):
         self.config = config
         self.group = group or ProcessGroup()
         self.device = self.group.device
@@ -86,6 +87,8 @@ class JointTrainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.bits is not None)
+        # SuperNet training (HASB, Alg. A.3): bit_sampler(default_bits, epoch, batch) -> int or {layer: bits}
+        self.bit_sampler = bit_sampler
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
         self.train_sums: dict[str, float] = {}
@@ -206,7 +209,7 @@ class JointTrainer:
         if self.config.algorithm == "a1":
             self.optimizer.zero_grad(set_to_none=True)
         for bits in self.bits:  # high → low
-            set_bits(self.model, bits)
+            set_bits(self.model, self.bit_sampler(bits, epoch, self.batch) if self.bit_sampler else bits)
             if self.config.algorithm == "a2":
                 self.optimizer.zero_grad(set_to_none=True)
                 stash = None

@@ -71,6 +71,27 @@ RECIPES: dict[str, dict] = {
 }
 
 
+_SUPERNET = dict(_CIFAR_JOINT, bits=(8, 6, 4, 2), supernet_from="auto", epochs=60, sigma=0.5, sigma_warmup=10)
+_SUPERNET_SCALE = {
+    "smoke": {"epochs": 2, "sigma_warmup": 1, "train_subset": 1024, "eval_subset": 500, "hessian_images": 64,
+              "hessian_probes": 2},
+    "laptop": {"epochs": 3, "sigma_warmup": 1, "train_subset": 10000, "eval_subset": None, "hessian_images": 256,
+               "hessian_probes": 3},
+    "paper": {},
+}
+RECIPES["cifar10-resnet20-hasb"] = {
+    "base": dict(_SUPERNET, supernet="hasb"),
+    "profiles": _SUPERNET_SCALE,
+    "about": ("HASB SuperNet (Alg. A.3): from a {8,6,4,2} run, Transitional BN, Hessian-aware roulette bit "
+              "replacement with σ_e; 60 epochs with 10 warm-up (the paper does not state the count)."),
+}
+RECIPES["cifar10-resnet20-uniform"] = {
+    "base": dict(_SUPERNET, supernet="uniform"),
+    "profiles": _SUPERNET_SCALE,
+    "about": "The no-Hessian baseline of HASB: the same SuperNet training with uniform bit sampling.",
+}
+
+
 def list_recipes() -> list[str]:
     return sorted(RECIPES)
 

@@ -81,6 +81,71 @@ def build_model_for(config: TrainConfig, num_classes: int) -> torch.nn.Module:
                           weight_init=config.weight_init, act_init=config.act_init)
 
 
+def resolve_supernet_source(config: TrainConfig) -> Path:
+    """The multi-precision model a SuperNet starts from: a run folder, its checkpoint.pt, or an INT checkpoint."""
+    if config.supernet_from in (None, "", "none"):
+        raise LabkitError("a SuperNet recipe needs supernet_from=<the multi-precision run folder or INT checkpoint>.")
+    if config.supernet_from == "auto":
+        shipped = SHIPPED_CHECKPOINTS / f"{config.dataset}-{config.model}.safetensors"
+        if not shipped.is_file():
+            raise LabkitError(f"supernet_from=auto found no multi-precision checkpoint at {shipped}; train one with "
+                              f"labkit train --recipe {config.dataset}-{config.model} and pass supernet_from=<its folder>.")
+        return shipped
+    path = Path(config.supernet_from)
+    if path.is_dir():
+        path = path / "checkpoint.pt" if (path / "checkpoint.pt").is_file() else path / "model_int.safetensors"
+    if not path.is_file():
+        raise LabkitError(f"supernet_from={config.supernet_from} holds no checkpoint.pt or model_int.safetensors.")
+    return path
+
+
+def build_supernet(config: TrainConfig, fp32_model: torch.nn.Module, train_set, out_dir: Path, group) -> tuple:
+    """(SuperNet, bit sampler): the multi-precision model with Transitional BN, and HASB or uniform sampling."""
+    import copy
+
+    from labkit.convert import quantized_layers, to_supernet
+    from labkit.evaluate import fixed_subset
+    from labkit.hasb import hessian_traces, roulette_probabilities, uniform_probabilities
+    from labkit.hasb.supernet import BitSampler
+    from labkit.storage import load_int
+    from labkit.train.checkpoint import load_training_checkpoint
+
+    source = resolve_supernet_source(config)
+    example = torch.randn(2, 3, 32, 32) if config.dataset == "cifar10" else torch.randn(2, 3, 64, 64)
+    if source.suffix == ".safetensors":
+        model = load_int(source, model=None if getattr(fp32_model, "labkit_arch", None) else copy.deepcopy(fp32_model))
+        for layer in quantized_layers(model).values():  # train the float weights (= the stored codes × scale)
+            layer.weight_quantizer.stored_codes = None
+        model.train()
+    else:
+        model = quantize_model(fp32_model, config.bits, config.method, rounding=config.rounding,
+                               keep_first_last=config.keep_first_last, grad_mode=config.grad_mode,
+                               example_input=example, weight_init=config.weight_init, act_init=config.act_init)
+        model.load_state_dict(load_training_checkpoint(source)["model"])
+    if tuple(sorted(model.labkit_quant["bits"], reverse=True)) != tuple(config.bits):
+        raise LabkitError(f"{source} was trained for bits {model.labkit_quant['bits']}, not {list(config.bits)}.")
+    to_supernet(model)
+    layers = list(quantized_layers(model))
+    record = out_dir / "supernet.json"
+    if record.is_file():  # a resumed run keeps the sampling distribution it started with
+        probabilities = {k: {int(b): p for b, p in v.items()} for k, v in json.loads(record.read_text())["probabilities"].items()}
+    else:
+        traces = None
+        if config.supernet == "hasb":
+            images = fixed_subset(train_set, config.hessian_images, config.seed)
+            traces = hessian_traces(fp32_model, images, layers=layers, images=config.hessian_images,
+                                    probes=config.hessian_probes, seed=config.seed)
+            probabilities = roulette_probabilities(traces, config.bits, rule=config.sensitivity_rule)
+        else:
+            probabilities = uniform_probabilities(layers, config.bits)
+        if group.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(record, {"source": str(source), "rule": config.supernet, "average_traces": traces,
+                                 "probabilities": {k: {str(b): p for b, p in v.items()} for k, v in probabilities.items()}})
+    sampler = BitSampler(probabilities, config.epochs, config.seed, config.sigma, config.sigma_warmup)
+    return model, sampler
+
+
 def budget(config: TrainConfig, trainer: JointTrainer, profile: str) -> dict:
     return {"profile": profile, "epochs": config.epochs, "batch_size": config.batch_size,
             "train_images": trainer.train_size, "steps": trainer.total_steps,
@@ -140,8 +205,13 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         use_compile(True)
     torch.manual_seed(config.seed)
     train_set, eval_sets, num_classes = build_datasets(config, data_root)
-    model = build_model_for(config, num_classes)
-    trainer = JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, group, show_progress)
+    sampler = None
+    if config.supernet != "none":
+        fp32 = build_model_for(config.with_overrides({"bits": None, "supernet": "none"}), num_classes)
+        model, sampler = build_supernet(config, fp32, train_set, out_dir, group)
+    else:
+        model = build_model_for(config, num_classes)
+    trainer = JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, group, show_progress, sampler)
     if group.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(config_file, {"config": config.to_dict(), "profile": profile})

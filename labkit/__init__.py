@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from labkit.convert import get_bits, quantize_model, quantized_layers, set_bits, to_supernet, trained_bits
 from labkit.hasb.hessian import hessian_traces
+from labkit.hasb.search import search_bits
 from labkit.storage import load_int, save_int
 from labkit.train.alrs import alrs_factors
 from labkit.errors import BitWidthError, CheckpointError, DataLayoutError, DataNotFoundError, LabkitError
@@ -20,12 +21,13 @@ __all__ = [
     "LabkitError",
     "__version__",
     "alrs_factors",
-    "load_int",
-    "save_int",
     "get_bits",
     "hessian_traces",
+    "load_int",
     "quantize_model",
     "quantized_layers",
+    "save_int",
+    "search_bits",
     "set_bits",
     "to_supernet",
     "trained_bits",

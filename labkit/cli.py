@@ -126,8 +126,41 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+# -------------------------------------------------------------------------------------------------- search
+def _cmd_search(args: argparse.Namespace) -> int:
+    from labkit.hasb.run_search import search_run
+
+    records = search_run(args.run, avg_bits=args.avg_bits, sweep_text=args.sweep, neighbours=not args.no_neighbours,
+                         subset=args.subset, recalibrate=args.recalibrate, bitops_budget=args.bitops_budget,
+                         size_budget_bits=args.size_budget_bits, show_progress=not args.quiet)
+    best = max(records, key=lambda r: r["accuracy"])
+    print(f"{len(records)} SubNets evaluated; best {best['accuracy']:.2f}% at {best['avg_bits']:.2f} average bits")
+    print(f"wrote {args.run}/search.csv and {args.run}/pareto.html")
+    return 0
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="exact per-layer bit allocation for a trained SuperNet (HASB search)",
+        description="Solve the ILP (maximise Σ Hessian score · bits under an average-bit budget, optionally BitOPs "
+        "and size budgets) for one ω or a sweep, enumerate the neighbouring SubNets, evaluate each, and write "
+        "search.csv and pareto.html into the SuperNet's run folder.",
+    )
+    p.add_argument("run", help="SuperNet run folder (cifar10-resnet20-hasb or -uniform)")
+    p.add_argument("--avg-bits", type=float, default=3.0, help="ω, the average-bit budget (default 3.0)")
+    p.add_argument("--sweep", help="START:STOP:STEP sweep of ω instead of one value, e.g. 2:8:0.25")
+    p.add_argument("--no-neighbours", action="store_true", help="only the optimum per ω")
+    p.add_argument("--subset", type=int, default=1000, help="test images per SubNet (default 1000)")
+    p.add_argument("--recalibrate", type=int, default=0, help="re-estimate BN statistics on N batches first")
+    p.add_argument("--bitops-budget", type=float, default=None, help="BitOPs per image bound")
+    p.add_argument("--size-budget-bits", type=float, default=None, help="weight storage bound, in bits")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_search)
+
+
 # ------------------------------------------------------------------------------------------------ parser
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_eval]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_eval, _add_search]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from labkit.hasb.hessian import (
     hessian_traces,
     hmt_distribution,
 )
+from labkit.hasb.cost import LayerCost, bitops, layer_costs, model_size_bits, total_bitops, total_size_bits
 from labkit.hasb.roulette import (
     expected_average_bits,
     roulette_probabilities,
@@ -18,8 +19,36 @@ from labkit.hasb.roulette import (
     sigma_schedule,
     uniform_probabilities,
 )
+from labkit.hasb.search import (
+    SearchInfeasible,
+    default_averages,
+    evaluate_subnets,
+    neighbour_subnets,
+    pareto_figure,
+    pareto_front,
+    search_bits,
+    sweep,
+    write_csv,
+)
+from labkit.hasb.supernet import BitSampler
 
 __all__ = [
+    "BitSampler",
+    "LayerCost",
+    "SearchInfeasible",
+    "bitops",
+    "default_averages",
+    "evaluate_subnets",
+    "layer_costs",
+    "model_size_bits",
+    "neighbour_subnets",
+    "pareto_figure",
+    "pareto_front",
+    "search_bits",
+    "sweep",
+    "total_bitops",
+    "total_size_bits",
+    "write_csv",
     "HMTDistribution",
     "TraceEstimate",
     "average_traces",

@@ -515,7 +515,8 @@ def _infeasible(problem: _Problem, low: np.ndarray, high: np.ndarray) -> SearchI
                             for x in (below, above))
             continue
         (index,) = _solve(problem, [_Block(tuple(free_low), tuple(free_high))], objective)
-        smallest[resource.argument] = None if index is None else resource.to_budget(float(problem.resource_sums(index)[r]))
+        smallest[resource.argument] = None if index is None else \
+            resource.to_budget(float(problem.resource_sums(index)[r]))
     asked = ", ".join(f"{r.argument}{' ==' if r.argument == 'avg_bits' and problem.exact_average else ' ≤'} "
                       f"{_format(r.to_budget(high[i]))}" for i, r in enumerate(problem.resources))
     lines = [f"no allocation of {len(problem.names)} layers over the candidates {problem.candidates.tolist()} "
@@ -557,7 +558,9 @@ def search_bits(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: 
         exact_average: require ``mean(b) == ω`` as the paper writes, instead of ``≤ ω``.
 
     Exact: HiGHS branch and bound with gap 0 (scores are normalised; allocations whose objectives differ by
-    less than ~1e-7 of the optimum count as ties). The same call always returns the same allocation.
+    less than ~1e-7 of the optimum count as ties), budgets met to a relative 1e-9 (exactly for integer costs
+    of moderate size), checked in float64 after the solve. The same call always returns the same allocation;
+    among tied optima which one is returned is HiGHS's choice (a sweep may pick another tied one).
     Raises :class:`SearchInfeasible` (with the smallest feasible budgets) when no allocation fits.
     """
     problem, low, high = _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs, weights,
@@ -591,34 +594,47 @@ def sweep(scores: Mapping[str, float], candidates=(8, 6, 4, 2), averages: Iterab
     :func:`search_bits`.
     """
     averages = default_averages(candidates) if averages is None else np.asarray(list(averages), float)
-    problem, low, high = _build(scores, candidates, float(averages[0]) if len(averages) else None, bitops_budget,
-                                size_budget_bits, costs, weights, fixed, exact_average)
+    if not np.all(np.isfinite(averages)):
+        raise ValueError(f"averages must be numbers of bits such as np.arange(2, 8.01, 0.05); got {averages}")
     if not len(averages):
         return []
-    enumerator = _Enumerator(problem)
+    problem, low, high = _build(scores, candidates, float(averages[0]), bitops_budget, size_budget_bits, costs,
+                                weights, fixed, exact_average)
     targets = []
-    for average in averages:
+    for average in averages:  # the mean is resource 0: only its bound changes
         low[0] = problem.resources[0].to_sum(float(average)) if exact_average else -math.inf
         high[0] = problem.resources[0].to_sum(float(average))
-        targets.append((float(average), problem.snap(low, high), low.copy(), high.copy()))
-    enumerator.solve_optima([key for _, key, _, _ in targets])
-    if neighbours:
-        enumerator.solve_neighbours([key for _, key, _, _ in targets])
-    records = [record for average, key, _, _ in targets for record in enumerator.records(key, average, neighbours)]
-    if not records:
-        raise _infeasible(problem, targets[-1][2], targets[-1][3])
-    return records
+        targets.append((float(average), low.copy(), high.copy()))
+    return _subnets(problem, targets, neighbours)
 
 
-def neighbour_subnets(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: float = 4.0,
-                      **options) -> list[dict]:
+def neighbour_subnets(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: float | None = 4.0, *,
+                      bitops_budget: float | None = None, size_budget_bits: float | None = None,
+                      costs: Mapping[str, LayerCost] | None = None, weights: Mapping[str, float] | None = None,
+                      fixed: Mapping[str, int] | None = None, exact_average: bool = False) -> list[dict]:
     """The paper's SubNets for one ω: the optimum, then, for each free layer and each other bit, the optimum
     with that layer forced to that bit (infeasible ones left out, repeats removed).
 
-    Records as in :func:`sweep`; options as in :func:`search_bits`. Raises :class:`SearchInfeasible` when
+    Records as in :func:`sweep`; arguments as in :func:`search_bits`. Raises :class:`SearchInfeasible` when
     even the optimum does not exist.
     """
-    return sweep(scores, candidates, [avg_bits], neighbours=True, **options)
+    problem, low, high = _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs, weights, fixed,
+                                exact_average)
+    return _subnets(problem, [(avg_bits, low, high)], neighbours=True)
+
+
+def _subnets(problem: _Problem, targets: list, neighbours: bool) -> list[dict]:
+    """Records of the optimum (and neighbours) for each ``(target_avg_bits, low, high)``; infeasible ones skipped."""
+    enumerator = _Enumerator(problem)
+    keys = [problem.snap(low, high) for _, low, high in targets]
+    enumerator.solve_optima(keys)
+    if neighbours:
+        enumerator.solve_neighbours(keys)
+    records = [record for (average, _, _), key in zip(targets, keys)
+               for record in enumerator.records(key, average, neighbours)]
+    if not records:
+        raise _infeasible(problem, *targets[-1][1:])
+    return records
 
 
 # ------------------------------------------------------------------ evaluating and reporting
@@ -643,8 +659,8 @@ def pareto_front(points: Iterable[Mapping], x: str = "avg_bits", y: str = "accur
     return front
 
 
-def evaluate_subnets(model, allocations: Iterable[Mapping], evaluate_fn: Callable, recalibrate_fn: Callable | None = None,
-                     show_progress: bool = True) -> list[dict]:
+def evaluate_subnets(model, allocations: Iterable[Mapping], evaluate_fn: Callable,
+                     recalibrate_fn: Callable | None = None, show_progress: bool = True) -> list[dict]:
     """Switch ``model`` to each allocation (``labkit.set_bits``) and measure it with your callbacks.
 
     ``allocations`` are ``{layer: bits}`` mappings or records of :func:`sweep` (with an ``"allocation"``).

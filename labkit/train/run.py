@@ -130,11 +130,11 @@ def build_supernet(config: TrainConfig, fp32_model: torch.nn.Module, train_set, 
     if record.is_file():  # a resumed run keeps the sampling distribution it started with
         probabilities = {k: {int(b): p for b, p in v.items()} for k, v in json.loads(record.read_text())["probabilities"].items()}
     else:
-        traces = None
+        # Both kinds record the traces: the search scores layers with them either way; only HASB samples by them.
+        images = fixed_subset(train_set, config.hessian_images, config.seed)
+        traces = hessian_traces(fp32_model, images, layers=layers, images=config.hessian_images,
+                                probes=config.hessian_probes, seed=config.seed)
         if config.supernet == "hasb":
-            images = fixed_subset(train_set, config.hessian_images, config.seed)
-            traces = hessian_traces(fp32_model, images, layers=layers, images=config.hessian_images,
-                                    probes=config.hessian_probes, seed=config.seed)
             probabilities = roulette_probabilities(traces, config.bits, rule=config.sensitivity_rule)
         else:
             probabilities = uniform_probabilities(layers, config.bits)

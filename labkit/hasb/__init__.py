@@ -30,10 +30,13 @@ from labkit.hasb.search import (
     sweep,
     write_csv,
 )
+from labkit.hasb.reviewers import accuracy_spread, allocation_comparison
 from labkit.hasb.supernet import BitSampler
 
 __all__ = [
     "BitSampler",
+    "accuracy_spread",
+    "allocation_comparison",
     "LayerCost",
     "SearchInfeasible",
     "bitops",

@@ -110,6 +110,16 @@ def load_for_eval(path) -> tuple[torch.nn.Module, str, str | None]:
             run_dataset = json.loads(config_file.read_text())["config"]["dataset"]
         if (path / "model_int.safetensors").is_file():
             path = path / "model_int.safetensors"
+        elif (path / "model_quantized.pt").is_file() and (path / "plan.json").is_file() and config_file.is_file():
+            from labkit.convert import apply_plan
+
+            config = json.loads(config_file.read_text())["config"]
+            kwargs = dict(config.get("model_kwargs") or {})
+            if config["model"].startswith(("resnet20", "preact_resnet20")):
+                kwargs.setdefault("num_classes", 10)
+            model = apply_plan(build_model(config["model"], **kwargs), json.loads((path / "plan.json").read_text()))
+            model.load_state_dict(torch.load(path / "model_quantized.pt", map_location="cpu", weights_only=True))
+            return model.eval(), config["model"], run_dataset
         elif (path / "model_fp32.pt").is_file():
             if not config_file.is_file():
                 raise CheckpointError(f"{path} has model_fp32.pt but no config.json to say its architecture.")
@@ -120,7 +130,8 @@ def load_for_eval(path) -> tuple[torch.nn.Module, str, str | None]:
             model = load_state_dict_file(build_model(config["model"], **kwargs), path / "model_fp32.pt")
             return model, config["model"], run_dataset
         else:
-            raise CheckpointError(f"{path} holds no model_int.safetensors or model_fp32.pt; is the run finished?")
+            raise CheckpointError(f"{path} holds no model_int.safetensors, model_quantized.pt or model_fp32.pt; is the "
+                                  "run finished? (labkit train --resume finishes it)")
     model = load_int(path)
     return model, model.labkit_arch["name"] if getattr(model, "labkit_arch", None) else "unknown", run_dataset
 

@@ -91,7 +91,8 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
         raise LabkitError("labkit search evaluates CIFAR-10 SuperNets here; other data sets: use evaluate_subnets.")
     test = fixed_subset(data.cifar10("test", root=root), subset)
     loader = DataLoader(test, batch_size=256, shuffle=False)
-    calibration = DataLoader(fixed_subset(data.cifar10("train", root=root), 2048, 0), batch_size=128, shuffle=False)
+    plain = data.cifar10("train", root=root, transform=data.cifar10_transforms(train=False))  # no random augmentation
+    calibration = DataLoader(fixed_subset(plain, 2048, 0), batch_size=128, shuffle=False)
 
     def accuracy(m) -> float:
         correct, total = count_correct(m, loader)

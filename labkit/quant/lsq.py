@@ -128,6 +128,8 @@ def fake_quantize(
     """
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode={grad_mode!r} is unknown; use one of {list(GRAD_MODES)}.")
+    if x.dtype in (torch.bfloat16, torch.float16):  # under autocast: quantize in fp32 (bf16 cannot hold v exactly)
+        return _FakeQuantize.apply(x.float(), scale.float(), qmin, qmax, shift, rounding, grad_factor, grad_mode).to(x.dtype)
     return _FakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode)
 
 

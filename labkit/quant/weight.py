@@ -111,7 +111,7 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
 
     def forward(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
         """The dequantized l-bit weight ``Ŵ_l = q_l · s_h · 2^Δ`` used by the layer (Eq. 3)."""
-        if self.stored_codes is not None:
+        if self.stored_codes is not None and not (self.training and torch.is_grad_enabled()):
             # Integer-only switching: derive the l-bit codes once per switch, then reuse the weight.
             cache = self._integer_weight_cache
             if cache is None or cache[0] != bits or cache[1].device != weight.device or cache[1].dtype != weight.dtype:

@@ -59,6 +59,8 @@ class TrainConfig:
     hessian_images: int = 1000            # images for the Hutchinson traces (METHOD.md §6)
     hessian_probes: int = 7               # at most this many Rademacher probes
     sensitivity_rule: str = "mean"        # mean (paper) | quantile | top_k: which layers count as sensitive
+    sensitivity_q: float = 0.5            # the quantile of sensitivity_rule=quantile
+    sensitivity_k: int = 6                # how many layers count as sensitive with sensitivity_rule=top_k
 
     def __post_init__(self):
         choices = {
@@ -105,6 +107,10 @@ class TrainConfig:
             ("hessian_images", self.hessian_images >= 1, "≥ 1"),
             ("hessian_probes", self.hessian_probes >= 1, "≥ 1"),
             ("supernet_from", self.supernet == "none" or self.bits is not None, "used with a bit set"),
+            ("sensitivity_q", 0 <= self.sensitivity_q <= 1, "in [0, 1]"),
+            ("sensitivity_k", self.sensitivity_k >= 1, "≥ 1"),
+            ("bits", self.method != "lsq" or self.bits is None or len(self.bits) == 1,
+             "a single bit-width with method=lsq (one dedicated model per bit-width)"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -72,7 +72,7 @@ class JointTrainer:
         self.eval_sets = {name: fixed_subset(ds, config.eval_subset, 12345) for name, ds in eval_sets.items()}
         self.steps_per_epoch = self.train_size // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size={config.batch_size} is larger than the {self.train_size} training "
+            raise LabkitError(f"batch_size={config.batch_size} is larger than the {self.train_size} training "
                              "samples; lower batch_size or raise train_subset.")
         self.total_steps = self.steps_per_epoch * config.epochs
         self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.momentum)
@@ -140,7 +140,7 @@ class JointTrainer:
     def train_loader(self, epoch: int, start_batch: int) -> DataLoader:
         """This epoch's batches from ``start_batch`` on; each rank gets its share of every global batch."""
         if self.config.batch_size % self.group.world_size:
-            raise ValueError(f"batch_size={self.config.batch_size} must divide evenly over {self.group.world_size} processes.")
+            raise LabkitError(f"batch_size={self.config.batch_size} must divide evenly over {self.group.world_size} processes.")
         return make_loader(self.train_set, self.config.batch_size // self.group.world_size, train=True,
                            seed=self.config.seed, workers=self.config.workers, subset=self.config.train_subset,
                            epoch=epoch, start_batch=start_batch, num_replicas=self.group.world_size,

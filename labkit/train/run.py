@@ -9,6 +9,7 @@ for multi-precision runs and ``model_fp32.pt`` (a state_dict) for FP32 runs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -118,6 +119,16 @@ def build_supernet(config: TrainConfig, fp32_model: torch.nn.Module, train_set, 
             layer.weight_quantizer.stored_codes = None
         model.train()
     else:
+        source_config = source.parent / "config.json"
+        if source_config.is_file():
+            trained = json.loads(source_config.read_text())["config"]
+            for key in ("bits", "method", "rounding", "grad_mode", "keep_first_last", "model"):
+                mine = list(config.bits) if key == "bits" else getattr(config, key)
+                if trained.get(key) != mine:
+                    raise LabkitError(f"{source} was trained with {key}={trained.get(key)!r}, the SuperNet recipe asks "
+                                      f"for {mine!r}; pass {key}={trained.get(key)} or another supernet_from.")
+        if not (source.parent / "metrics.json").is_file():
+            raise LabkitError(f"{source.parent} has not finished training (no metrics.json); finish it with --resume first.")
         model = quantize_model(fp32_model, config.bits, config.method, rounding=config.rounding,
                                keep_first_last=config.keep_first_last, grad_mode=config.grad_mode,
                                example_input=example, weight_init=config.weight_init, act_init=config.act_init)
@@ -135,7 +146,8 @@ def build_supernet(config: TrainConfig, fp32_model: torch.nn.Module, train_set, 
         traces = hessian_traces(fp32_model, images, layers=layers, images=config.hessian_images,
                                 probes=config.hessian_probes, seed=config.seed)
         if config.supernet == "hasb":
-            probabilities = roulette_probabilities(traces, config.bits, rule=config.sensitivity_rule)
+            probabilities = roulette_probabilities(traces, config.bits, rule=config.sensitivity_rule,
+                                                   q=config.sensitivity_q, k=config.sensitivity_k)
         else:
             probabilities = uniform_probabilities(layers, config.bits)
         if group.is_main:
@@ -196,6 +208,11 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         if (out_dir / "checkpoint.pt").exists() or (out_dir / "metrics.json").exists():
             raise LabkitError(f"{out_dir} already holds a run; continue it with --resume or choose another --out.")
         config = recipe_config(recipe, profile, overrides)
+    if config.kd == "pskd" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LabkitError("kd=pskd keeps each sample's last prediction in one process's memory, so it needs a "
+                          "single process; run without torchrun or use kd=recursive.")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise LabkitError("device=cuda was asked for, but PyTorch sees no CUDA device; use device=cpu or auto.")
     group = setup(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -207,6 +224,9 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
     train_set, eval_sets, num_classes = build_datasets(config, data_root)
     sampler = None
     if config.supernet != "none":
+        if resolve_init(config) is None:
+            raise LabkitError("a SuperNet recipe scores layers by the Hessian of the trained FP32 model; pass "
+                              "init_from=<the FP32 run folder or weights file> (none was found).")
         fp32 = build_model_for(config.with_overrides({"bits": None, "supernet": "none"}), num_classes)
         model, sampler = build_supernet(config, fp32, train_set, out_dir, group)
     else:
@@ -239,6 +259,9 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
             torch.save(trainer.model.state_dict(), out_dir / "model_fp32.pt")
         elif all(getattr(layer.weight_quantizer, "nested", False) for layer in _quantized(trainer.model)):
             save_int(trainer.model, out_dir / "model_int.safetensors")
+        else:  # FP32 masters (per_bit_scale, any_precision): the state_dict and the plan that rebuilds it
+            torch.save(trainer.model.state_dict(), out_dir / "model_quantized.pt")
+            _write_json(out_dir / "plan.json", trainer.model.labkit_quant)
     barrier(group)
     return metrics
 

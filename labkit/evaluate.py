@@ -96,9 +96,18 @@ def _eval_sets(dataset: str, model_name: str, root=None) -> dict[str, Dataset]:
     return makers[dataset]()
 
 
+def _fp32_model_of(config: dict) -> torch.nn.Module:
+    """The FP32 architecture a run's settings describe (CIFAR ResNets with 10 classes unless set)."""
+    from labkit.models import build_model
+
+    kwargs = dict(config.get("model_kwargs") or {})
+    if config["model"].startswith(("resnet20", "preact_resnet20")):
+        kwargs.setdefault("num_classes", 10)
+    return build_model(config["model"], **kwargs)
+
+
 def load_for_eval(path) -> tuple[torch.nn.Module, str, str | None]:
     """(model, architecture name, dataset of its run or None) from a run folder or a checkpoint file."""
-    from labkit.models import build_model
     from labkit.models.imagenet import load_state_dict_file
     from labkit.storage import load_int
 
@@ -114,20 +123,14 @@ def load_for_eval(path) -> tuple[torch.nn.Module, str, str | None]:
             from labkit.convert import apply_plan
 
             config = json.loads(config_file.read_text())["config"]
-            kwargs = dict(config.get("model_kwargs") or {})
-            if config["model"].startswith(("resnet20", "preact_resnet20")):
-                kwargs.setdefault("num_classes", 10)
-            model = apply_plan(build_model(config["model"], **kwargs), json.loads((path / "plan.json").read_text()))
+            model = apply_plan(_fp32_model_of(config), json.loads((path / "plan.json").read_text()))
             model.load_state_dict(torch.load(path / "model_quantized.pt", map_location="cpu", weights_only=True))
             return model.eval(), config["model"], run_dataset
         elif (path / "model_fp32.pt").is_file():
             if not config_file.is_file():
                 raise CheckpointError(f"{path} has model_fp32.pt but no config.json to say its architecture.")
             config = json.loads(config_file.read_text())["config"]
-            kwargs = dict(config.get("model_kwargs") or {})
-            if config["model"].startswith(("resnet20", "preact_resnet20")):
-                kwargs.setdefault("num_classes", 10)
-            model = load_state_dict_file(build_model(config["model"], **kwargs), path / "model_fp32.pt")
+            model = load_state_dict_file(_fp32_model_of(config), path / "model_fp32.pt")
             return model, config["model"], run_dataset
         else:
             raise CheckpointError(f"{path} holds no model_int.safetensors, model_quantized.pt or model_fp32.pt; is the "

@@ -31,10 +31,10 @@ from labkit.train.loop import JointTrainer  # noqa: E402
 
 
 class RandomImages(Dataset):
-    def __init__(self, count: int = 256):
+    def __init__(self, count: int = 256, image_size: int = 32, num_classes: int = 10):
         generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(count, 3, 32, 32, generator=generator)
-        self.labels = torch.randint(0, 10, (count,), generator=generator)
+        self.images = torch.randn(count, 3, image_size, image_size, generator=generator)
+        self.labels = torch.randint(0, num_classes, (count,), generator=generator)
 
     def __len__(self):
         return len(self.labels)
@@ -43,13 +43,16 @@ class RandomImages(Dataset):
         return self.images[index], int(self.labels[index])
 
 
-def make_trainer(bits, out_dir: str) -> JointTrainer:
+def make_trainer(bits, out_dir: str, arch: str = "resnet20", image_size: int = 32, batch_size: int = 128,
+                 num_classes: int = 10) -> JointTrainer:
+    """A ``JointTrainer`` for ``arch`` (FP32 when ``bits`` is None) on random images, as a training run builds it."""
     torch.manual_seed(0)
-    model = build_model("resnet20")
+    model = build_model(arch, num_classes=num_classes)
     if bits is not None:
-        model = labkit.quantize_model(model, bits, example_input=torch.randn(2, 3, 32, 32))
-    config = TrainConfig(bits=bits, epochs=1, batch_size=128, workers=0)
-    return JointTrainer(model, config, RandomImages(), {}, out_dir, 10, show_progress=False)
+        model = labkit.quantize_model(model, bits, example_input=torch.randn(2, 3, image_size, image_size))
+    config = TrainConfig(bits=bits, epochs=1, batch_size=batch_size, workers=0)
+    data = RandomImages(2 * batch_size, image_size, num_classes)
+    return JointTrainer(model, config, data, {}, out_dir, num_classes, show_progress=False)
 
 
 def step_timer(trainer: JointTrainer, images, labels, indices):
@@ -60,15 +63,15 @@ def step_timer(trainer: JointTrainer, images, labels, indices):
     return step
 
 
-def measure(rounds: int) -> dict:
-    data = RandomImages(128)
-    images, labels, indices = data.images, data.labels, torch.arange(128)
+def measure(rounds: int, batch_size: int = 128) -> dict:
+    data = RandomImages(batch_size)
+    images, labels, indices = data.images, data.labels, torch.arange(batch_size)
     results = {}
     with tempfile.TemporaryDirectory() as out_dir:
         for mode in ("eager", "compiled"):
             use_compile(mode == "compiled")
-            joint = step_timer(make_trainer((8, 6, 4, 2), out_dir), images, labels, indices)
-            fp32 = step_timer(make_trainer(None, out_dir), images, labels, indices)
+            joint = step_timer(make_trainer((8, 6, 4, 2), out_dir, batch_size=batch_size), images, labels, indices)
+            fp32 = step_timer(make_trainer(None, out_dir, batch_size=batch_size), images, labels, indices)
             warm_start = time.perf_counter()
             for _ in range(2):
                 joint(), fp32()

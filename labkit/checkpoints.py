@@ -69,3 +69,19 @@ def shipped(name: str, destination=SHIPPED_DIR) -> tuple[Path, dict]:
                               "Make one with labkit train and labkit.checkpoints.ship_run.")
     record = json.loads(meta.read_text())
     return destination / record["file"], record
+
+
+def load_shipped(name: str, destination=SHIPPED_DIR):
+    """The model of shipped checkpoint ``name`` in eval mode: FP32 (``.pt``) or INT (``.safetensors``).
+
+    ``load_shipped("cifar10-resnet20-fp32")`` gives the FP32 ResNet-20, ``load_shipped("cifar10-resnet20")``
+    the jointly trained INT8 {8,6,4,2} model with integer-only switching.
+    """
+    from labkit.evaluate import _fp32_model_of
+    from labkit.models.imagenet import load_state_dict_file
+    from labkit.storage import load_int
+
+    path, record = shipped(name, destination)
+    if path.suffix == ".safetensors":
+        return load_int(path).eval()
+    return load_state_dict_file(_fp32_model_of(record["config"]), path).eval()

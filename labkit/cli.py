@@ -159,8 +159,151 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_search)
 
 
+# -------------------------------------------------------------------------------------------------- export
+def _parse_export_bits(text: str | None):
+    """``None``; ``"4"``; ``"layer1.0.conv1=8,layer1.0.conv2=4"``; or a JSON file holding ``{layer: bits}``."""
+    import json
+    from pathlib import Path
+
+    from labkit.errors import BitWidthError
+
+    if text is None:
+        return None
+    text = text.strip()
+    if text.endswith(".json"):
+        try:
+            mapping = json.loads(Path(text).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise BitWidthError(f"--bits {text}: cannot read a JSON {{layer: bits}} mapping ({error}).") from None
+        mapping = mapping.get("bits", mapping) if isinstance(mapping, dict) else mapping
+        if not isinstance(mapping, dict):
+            raise BitWidthError(f"--bits {text} must hold a JSON object {{layer_name: bits}}.")
+        return mapping
+    if "=" in text:
+        mapping = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise BitWidthError(
+                    f"--bits {text!r}: write mixed precision as name=bits,name=bits (e.g. layer1.0.conv1=8)."
+                )
+            mapping[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        return mapping
+    return int(text) if text.lstrip("-").isdigit() else text  # export_onnx explains a bad value
+
+
+def _check_batches(arch_name: str, run_dataset, count: int, example):
+    """(batches of (images, labels) or images, description): test images when the data is there, else random."""
+    from labkit.errors import LabkitError
+    from labkit.evaluate import _DATASET_OF_MODEL, _eval_sets, fixed_subset
+
+    import torch
+
+    dataset = run_dataset or _DATASET_OF_MODEL.get(arch_name)
+    if dataset is not None:
+        try:
+            name, eval_set = next(iter(_eval_sets(dataset, arch_name).items()))
+            eval_set = fixed_subset(eval_set, count)
+            loader = torch.utils.data.DataLoader(eval_set, batch_size=128, shuffle=False)
+            return loader, f"{len(eval_set)} {dataset} {name} images"
+        except (LabkitError, OSError, RuntimeError) as error:
+            note = f" ({dataset} data not available: {str(error).splitlines()[0][:120]})"
+    else:
+        note = " (data set unknown)"
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, *example.shape[1:], generator=generator)
+    return [images[i:i + 128] for i in range(0, count, 128)], f"{count} random inputs{note}"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from labkit.errors import LabkitError
+    from labkit.evaluate import load_for_eval
+    from labkit.export import default_example_input, export_onnx, qdq_summary, verify_onnx
+
+    if args.check < 0:
+        raise LabkitError(f"--check {args.check}: pass a number of images >= 1 (or leave it out).")
+    bits = _parse_export_bits(args.bits)
+    model, arch_name, run_dataset = load_for_eval(args.checkpoint)
+    out = Path(args.out)
+    export_onnx(model, out, bits=bits, opset=args.opset, weight_sign=args.weight_sign)
+    summary = qdq_summary(out)
+    values = sorted(set(summary["bits"].values()), reverse=True)
+    average = sum(summary["bits"].values()) / len(summary["bits"])
+    bits_text = f"{values[0]}-bit" if len(values) == 1 else f"mixed {values} bits, average {average:.2f}"
+    print(f"wrote {out} ({summary['bytes'] / 1024:.1f} KiB, {bits_text}): {summary['quantize_linear']} QuantizeLinear, "
+          f"{summary['dequantize_linear']} DequantizeLinear, {summary['clip']} Clip, {summary['int8_weights']} int8 "
+          f"weight tensors ({summary['int8_weight_values']} codes)")
+    if args.check:
+        batches, described = _check_batches(arch_name, run_dataset, args.check, default_example_input(model))
+        result = verify_onnx(model, out, batches, bits=summary["bits"])
+        line = (f"onnxruntime vs PyTorch on {described}: max |Δ logit| {result['max_abs_diff']:.3g} "
+                f"(max |logit| {result['max_abs_logit']:.3g}, mean |Δ| {result['mean_abs_diff']:.2g}), "
+                f"top-1 agreement {100 * result['top1_agreement']:.2f} %, activation codes differing "
+                f"{result['activation_code_mismatches']} of {result['activation_codes']}")
+        if "onnx_top1" in result:
+            line += f"; top-1 PyTorch {100 * result['torch_top1']:.2f} %, ONNX {100 * result['onnx_top1']:.2f} %"
+        print(line)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export one precision of a checkpoint to ONNX (QuantizeLinear/DequantizeLinear)",
+        description="Write one precision (uniform or mixed per layer) of an INT checkpoint or run folder as an ONNX "
+        "QDQ graph: int8 weight codes derived from the stored integers -> DequantizeLinear, activations through "
+        "QuantizeLinear -> Clip -> DequantizeLinear. --check N compares it with PyTorch in onnxruntime on N test "
+        "images (random inputs when the data set is not available).",
+    )
+    p.add_argument("checkpoint", help="run folder or .safetensors INT checkpoint")
+    p.add_argument("--bits", default=None, help="a trained bit-width (default: the highest), name=bits,name=bits for "
+                   "mixed precision, or a .json file with {layer: bits}")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--check", type=int, default=0, metavar="N", help="verify on N images in onnxruntime")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
+    p.add_argument("--weight-sign", choices=("keep", "fold"), default="keep",
+                   help="keep: int8 codes exactly as the model's, negative learned scales kept (default); fold: store "
+                   "(-q, -s) so every scale is positive (not possible at 8 bits when a channel holds code -128)")
+    p.set_defaults(func=_cmd_export)
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from labkit.config import profile as active_profile
+    from labkit.reproduction import ROWS, collect, markdown_table, publish, run_suite
+
+    if args.list:
+        for entry in ROWS:
+            print(f"{entry.name:<22} {entry.group:<10} {entry.label}")
+        return 0
+    profile = args.profile or active_profile()
+    run_suite(args.out, args.rows or None, profile=profile, show_progress=not args.quiet)
+    if args.publish:
+        print("published:", ", ".join(publish(args.out)) or "nothing (no finished row)")
+    print(markdown_table(collect(args.out)))
+    return 0
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="train the CIFAR-10 Table 4 rows and baselines at one equal budget (resumable)",
+        description="Train every row of the reproduction suite (Table 4: {8,6,4,2} and {4,3,2} with and without "
+        "ALRS, Alg. A.1 vs A.2; baselines: floor, per-bit scales, Any-Precision, dedicated LSQ) from the shipped "
+        "FP32 ResNet-20 at the profile's budget. Finished rows are skipped, interrupted ones resume.",
+    )
+    p.add_argument("--out", default="runs/suite", help="folder of the row runs (default runs/suite)")
+    p.add_argument("--rows", nargs="*", help="only these rows (see --list)")
+    p.add_argument("--profile", choices=("smoke", "laptop", "paper"), help="default: $LABKIT_PROFILE")
+    p.add_argument("--publish", action="store_true", help="copy the finished rows' run files into docs/results/suite")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce)
+
+
 # ------------------------------------------------------------------------------------------------ parser
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_eval, _add_search]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_eval, _add_search,
+                                                                   _add_export, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

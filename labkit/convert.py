@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from labkit.errors import BitWidthError
+from labkit.errors import LayerNameError, BitWidthError
 from labkit.nn import QConv2d, QLinear, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
 from labkit.quant import WEIGHT_METHODS
 from labkit.quant.ranges import check_bit_set, check_bits
@@ -171,7 +171,7 @@ def set_bits(model: nn.Module, bits) -> nn.Module:
     if isinstance(bits, dict):
         unknown = sorted(set(bits) - set(layers))
         if unknown:
-            raise KeyError(f"no quantized layer named {unknown}; quantized layers are: {list(layers)}")
+            raise LayerNameError(f"no quantized layer named {unknown}; quantized layers are: {list(layers)}")
         checked = {name: check_bits(value, allowed=layers[name].bit_set, name=f"bits[{name!r}]") for name, value in bits.items()}
         for name, value in checked.items():  # assign only once every entry is valid
             layers[name].bits = value

@@ -19,3 +19,10 @@ class DataNotFoundError(LabkitError, FileNotFoundError):
 
 class DataLayoutError(LabkitError, ValueError):
     """A data folder that exists but is not laid out as expected (unknown class folders, malformed class list)."""
+
+
+class LayerNameError(LabkitError, KeyError):
+    """A layer name that is not one of the model's quantized layers."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""

@@ -42,6 +42,12 @@ def fixed_subset(dataset: Dataset, size: int | None, seed: int = 12345) -> Datas
     return Subset(dataset, sorted(torch.randperm(len(dataset), generator=generator)[:size].tolist()))
 
 
+def top1(model: torch.nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) of ``model`` as it is set now (uniform or mixed bits) on ``dataset``."""
+    correct, total = count_correct(model, DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    return round(100.0 * correct / max(total, 1), 4)
+
+
 def accuracy_per_bits(model: torch.nn.Module, dataset: Dataset, bits_list, batch_size: int = 256, workers: int = 0,
                       show_progress: bool = False) -> dict[int, float]:
     """Top-1 accuracy (%) of ``model`` on ``dataset`` at each bit-width of ``bits_list`` (FP32 = 32)."""
@@ -94,6 +100,12 @@ def _eval_sets(dataset: str, model_name: str, root=None) -> dict[str, Dataset]:
     if dataset not in makers:
         raise CheckpointError(f"--dataset {dataset!r} is unknown; use one of {sorted(makers)}")
     return makers[dataset]()
+
+
+def evaluation_sets(dataset: str, model_name: str, root=None) -> dict[str, Dataset]:
+    """The evaluation sets of ``dataset`` as the lab reports them (Imagenette: its val split *and* the ImageNet
+    val sample, both with 1000-class labels), preprocessed for ``model_name``."""
+    return _eval_sets(dataset, model_name, root)
 
 
 def _fp32_model_of(config: dict) -> torch.nn.Module:

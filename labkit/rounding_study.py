@@ -16,7 +16,8 @@ It measures, never assumes, how often the second rounding changes a code and how
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from html import escape
 
 import torch
 
@@ -313,13 +314,33 @@ def format_stats_table(stats: list[SecondRoundingStats]) -> str:
 
 @dataclass(frozen=True)
 class ExerciseFeedback:
-    """The verdict of an exercise check: ``passed`` and a message that says what to fix."""
+    """The verdict of an exercise check: ``passed`` and a message that says what to fix.
+
+    ``case``, ``expected`` and ``got`` optionally name the first failing case and its two values (the message
+    already says them in words). Printed it is the message; in Jupyter it renders as a green or red box.
+    """
 
     passed: bool
     message: str
+    case: str | None = None
+    expected: object = field(default=None, compare=False)
+    got: object = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.message
+
+    def _repr_html_(self) -> str:
+        color, title = ("#1a7f37", "&#10003; Correct") if self.passed else ("#cf222e", "&#10007; Not yet")
+        rows = "".join(
+            f"<tr><th style='text-align:left;padding-right:1em'>{label}</th><td><code>{escape(str(value))}</code></td></tr>"
+            for label, value in (("case", self.case), ("expected", self.expected), ("got", self.got))
+            if value is not None
+        )
+        table = f"<table style='margin-top:.4em'>{rows}</table>" if rows and not self.passed else ""
+        return (f"<div class='labkit-feedback labkit-feedback-{'pass' if self.passed else 'fail'}' "
+                f"style='border-left:4px solid {color};padding:.4em .8em;margin:.3em 0'>"
+                f"<b style='color:{color}'>{title}</b><div style='white-space:pre-wrap'>{escape(self.message)}</div>"
+                f"{table}</div>")
 
 
 def _explain_code(q: int, high_bits: int, low_bits: int) -> str:

@@ -236,3 +236,25 @@ def load_int(path, model: torch.nn.Module | None = None, bits=None) -> torch.nn.
     model.eval()
     set_bits(model, bits if bits is not None else max(plan["bits"]))
     return model
+
+
+def storage_breakdown(path) -> dict[str, int]:
+    """Bytes of an INT checkpoint's tensors by kind: INT-h weight codes, weight scales, per-bit activation scales,
+    per-bit batch norms, FP32 layers (first/last, kept in float) — and the whole file on disk."""
+    tensors, _ = read_int(path)
+    kinds = {"weight codes (INT-h)": 0, "weight scales": 0, "activation scales and offsets": 0,
+             "per-bit batch norms": 0, "FP32 layers and other": 0}
+    for key, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        if key.endswith(CODES_SUFFIX):
+            kinds["weight codes (INT-h)"] += size
+        elif ".weight_quantizer." in key:
+            kinds["weight scales"] += size
+        elif ".act_quantizer." in key:
+            kinds["activation scales and offsets"] += size
+        elif ".per_bit." in key or ".pairs." in key:
+            kinds["per-bit batch norms"] += size
+        else:
+            kinds["FP32 layers and other"] += size
+    kinds["file on disk"] = Path(path).stat().st_size
+    return kinds

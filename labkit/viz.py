@@ -4,7 +4,11 @@ Each notebook's figures sit in their own section below, named after what they sh
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from labkit.rounding_study import SecondRoundingStats, ThreeWayCodes
@@ -117,4 +121,137 @@ def error_summary_figure(stats: list[SecondRoundingStats], title: str | None = N
     )
     figure.update_yaxes(tickformat=".0%", row=1, col=1)
     figure.update_yaxes(rangemode="tozero", row=1, col=2)
+    return figure
+
+
+# ------------------------------------------------------------------ notebooks 03/04/06: switching a whole model
+
+# One colour per bit-width, shared by the switchboard's figures (higher precision = cooler colour).
+BIT_COLORS = {16: "#17becf", 8: "#1f77b4", 7: "#17becf", 6: "#2ca02c", 5: "#bcbd22", 4: "#ff7f0e", 3: "#e377c2",
+              2: "#d62728"}
+RIGHT_COLOR, WRONG_COLOR = "#2ca02c", "#d62728"
+
+
+def bit_color(bits: int) -> str:
+    """The colour of ``bits`` in the switchboard figures (grey for a bit-width without its own colour)."""
+    return BIT_COLORS.get(int(bits), "#7f7f7f")
+
+
+def denormalize_images(images, mean, std) -> np.ndarray:
+    """``(N, C, H, W)`` normalized image tensor → ``(N, H, W, 3)`` uint8 RGB array for display (undoes ``Normalize``)."""
+    images = torch.as_tensor(images).detach().to("cpu", torch.float32)
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    pixels = (images * std + mean).clamp(0, 1)
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def prediction_labels(state: dict) -> tuple[list[str], list[str]]:
+    """(caption, colour) of each sample image of a switchboard state: ``"✓ cat 93%"`` / ``"✗ dog 51% (cat)"``."""
+    texts, colors = [], []
+    for p in state["predictions"]:
+        mark = "✓" if p["correct"] else "✗"
+        truth = "" if p["correct"] else f"<br>(true: {p['true']})"
+        texts.append(f"{mark} {p['predicted']} {p['confidence']:.0%}{truth}")
+        colors.append(RIGHT_COLOR if p["correct"] else WRONG_COLOR)
+    return texts, colors
+
+
+def predictions_title(state: dict) -> str:
+    """The title of :func:`predictions_figure`: precision and how many sample images are right."""
+    right = sum(p["correct"] for p in state["predictions"])
+    return f"Sample predictions at {state['precision']}: {right} of {len(state['predictions'])} right"
+
+
+def predictions_figure(images, state: dict, mean, std, columns: int = 4) -> go.Figure:
+    """A grid of the first sample images of the batch, each captioned with the predicted class and confidence.
+
+    Green captions are right, red ones wrong (with the true class). ``images`` is the normalized batch the state was
+    computed on; ``mean``/``std`` undo the normalization (e.g. ``labkit.data.CIFAR10_MEAN``/``CIFAR10_STD``). The
+    images never change with the bit-width, only the captions, so a widget updates the annotations in place.
+    """
+    count = len(state["predictions"])
+    pixels = denormalize_images(images[:count], mean, std)
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    texts, colors = prediction_labels(state)
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=texts or None,
+                           horizontal_spacing=0.02, vertical_spacing=0.12 if rows > 1 else 0.0)
+    for i in range(count):
+        figure.add_trace(go.Image(z=pixels[i], hoverinfo="skip"), row=i // columns + 1, col=i % columns + 1)
+    for annotation, color in zip(figure.layout.annotations, colors):
+        annotation.font = dict(color=color, size=12)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    figure.update_layout(title=predictions_title(state), template="plotly_white", height=170 * rows + 90,
+                         width=150 * columns + 60, margin=dict(l=10, r=10, t=80, b=10))
+    return figure
+
+
+def code_histogram_title(state: dict) -> str:
+    """The title of :func:`code_histogram_figure`: layer, bit-width, weights and the share of zero codes."""
+    counts = state["code_histogram"]
+    total = sum(counts.values())
+    zeros = counts.get(0, 0) / max(total, 1)
+    return (f"{state['layer']}: INT{state['layer_bits']} weight codes "
+            f"({total:,} weights, {zeros:.1%} are 0)")
+
+
+def code_histogram_figure(state: dict) -> go.Figure:
+    """Bars: how many weights of the shown layer have each integer code of its b-bit range (zeros included).
+
+    At 8 bits the codes spread over [-128, 127]; every lower precision is the Double Rounding of those same
+    integers (METHOD.md §1, Eq. 2), so the bars merge into 2^b bins.
+    """
+    codes, counts = list(state["code_histogram"]), list(state["code_histogram"].values())
+    bits = state["layer_bits"]
+    figure = go.Figure(go.Bar(x=codes, y=counts, marker_color=bit_color(bits), name=f"INT{bits} codes",
+                              hovertemplate="code %{x}: %{y} weights<extra></extra>"))
+    figure.update_layout(
+        title=code_histogram_title(state), template="plotly_white", bargap=0.05,
+        xaxis=dict(title=f"INT{bits} code q_{bits}", range=[codes[0] - 0.5, codes[-1] + 0.5]),
+        yaxis=dict(title="number of weights"), width=520, height=360,
+    )
+    return figure
+
+
+def quant_error_title(state: dict) -> str:
+    """The title of :func:`quant_error_figure`."""
+    return f"Relative weight error per layer, ‖Ŵ_b − W_ref‖ / ‖W_ref‖, vs {state['quant_error_reference']}"
+
+
+def quant_error_bars(state: dict) -> dict:
+    """The bar properties of :func:`quant_error_figure` (x, y, colours, texts), so a widget can update them in place."""
+    names = list(state["quant_error"])
+    bits = [state["bits"][name] for name in names]
+    return {
+        "x": names,
+        "y": [state["quant_error"][name] for name in names],
+        "marker_color": [bit_color(b) for b in bits],
+        "marker_line_width": [3 if name == state["layer"] else 0 for name in names],
+        "text": [f"{b}b" for b in bits],
+    }
+
+
+def quant_error_figure(state: dict) -> go.Figure:
+    """Bars: for every quantized layer, the relative error of its dequantized weight at its current bit-width.
+
+    The reference is the highest stored precision (so the top bit-width shows 0) or an FP32 state dict. Bar colour
+    and label give each layer's bit-width; the layer whose codes are shown is outlined.
+    """
+    bars = quant_error_bars(state)
+    figure = go.Figure(go.Bar(
+        x=bars["x"], y=bars["y"], text=bars["text"], textposition="outside",
+        marker=dict(color=bars["marker_color"], line=dict(color="black", width=bars["marker_line_width"])),
+        hovertemplate="%{x} (%{text}): %{y:.4f}<extra></extra>",
+    ))
+    figure.update_layout(
+        title=dict(text=quant_error_title(state), font=dict(size=13)), template="plotly_white",
+        xaxis=dict(title="quantized layer (execution order)", tickangle=-45),
+        yaxis=dict(title="relative error", rangemode="tozero"), width=820, height=380,
+    )
     return figure

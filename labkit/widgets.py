@@ -5,10 +5,17 @@ import html
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import torch
 
-from labkit.quant.ranges import check_bits
+from labkit.convert import quantized_layers, set_bits, trained_bits
+from labkit.errors import BitWidthError, LabkitError
+from labkit.evaluate import fixed_subset
+from labkit.quant.ranges import check_bits, int_range
+from labkit.quant.weight import channel_view
 from labkit.rounding_study import code_difference_stats, codes_three_ways, check_tie_rule
-from labkit.viz import codes_vs_input_figure, codes_vs_input_title, codes_vs_input_traces
+from labkit.viz import (code_histogram_figure, codes_vs_input_figure, codes_vs_input_title, codes_vs_input_traces,
+                        prediction_labels, predictions_figure, predictions_title, quant_error_bars, quant_error_figure,
+                        quant_error_title)
 
 # ------------------------------------------------------------------ notebook 01: Double Rounding on scalars
 
@@ -85,6 +92,10 @@ class PrecisionExplorer(widgets.VBox):
         self.state = explorer_state(values, self.scale_h, high_bits, self.slider.value, rounding)
         self.figure = go.FigureWidget(codes_vs_input_figure(self.state["result"]))
         self.readout = widgets.HTML(value=self.state["readout"])
+        # Stable CSS hooks for the real-browser test (tests/test_browser.py) and for custom styling.
+        self.slider.add_class("labkit-precision-slider")
+        self.readout.add_class("labkit-readout")
+        self.figure.add_class("labkit-figure")
         self.slider.observe(self._on_control_change, names="value")
         self.tie_toggle.observe(self._on_control_change, names="value")
         super().__init__(children=[widgets.HBox([self.slider, self.tie_toggle]), self.figure, self.readout])
@@ -123,3 +134,375 @@ def precision_explorer(values, scale_h: float, high_bits: int = 8, bit_choices=(
                        rounding: str = "half_even") -> PrecisionExplorer:
     """A live view of Double Rounding vs direct rounding vs floor: pick the bit-width and the tie rule (notebook 01)."""
     return PrecisionExplorer(values, scale_h, high_bits, bit_choices, rounding)
+
+
+# ------------------------------------------------------------------ notebooks 03/04/06: switching a whole model
+
+
+def fixed_eval_batch(dataset, size: int = 256, seed: int = 12345) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a seeded fixed subset of ``dataset`` (:func:`labkit.evaluate.fixed_subset`), as two tensors,
+    in a seeded shuffled order.
+
+    The same ``dataset``, ``size`` and ``seed`` give the same batch on every call, so accuracies at different
+    bit-widths are measured on the same images. The dataset's transform must return tensors (e.g. the test
+    transform of :func:`labkit.data.cifar10`).
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size={size!r} must be a positive whole number of images (or None for the whole dataset).")
+    subset = fixed_subset(dataset, size, seed)
+    images, labels = [], []
+    for index in range(len(subset)):
+        image, label = subset[index]
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"the dataset returns {type(image).__name__} images, not tensors; give it a transform that "
+                            "ends in ToTensor (and Normalize), e.g. labkit.data.cifar10('test').")
+        images.append(image)
+        labels.append(int(label))
+    # fixed_subset keeps dataset order, and test sets are often stored class by class: shuffle (seeded) so the
+    # first images, shown as samples, come from many classes.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    return torch.stack(images)[order], torch.tensor(labels, dtype=torch.long)[order]
+
+
+def _layer_bits(model, bits) -> dict[str, int]:
+    """The full {layer: bits} that ``bits`` asks for, checked before anything changes (same rules as ``set_bits``)."""
+    layers = quantized_layers(model)
+    if not layers:
+        raise LabkitError("the model has no quantized layers; load an INT checkpoint (labkit.load_int) or call "
+                          "labkit.quantize_model(model) first.")
+    current = {name: layer.bits for name, layer in layers.items()}
+    if isinstance(bits, dict):
+        unknown = sorted(set(bits) - set(layers), key=str)
+        if unknown:
+            raise LabkitError(f"no quantized layer named {unknown}; the quantized layers are {list(layers)}.")
+        checked = {name: check_bits(value, allowed=layers[name].bit_set, name=f"bits[{name!r}]")
+                   for name, value in bits.items()}
+        return {**current, **checked}
+    value = check_bits(bits, allowed=trained_bits(model))
+    return {name: value for name in layers}
+
+
+def _check_layer(model, layer) -> str:
+    names = list(quantized_layers(model))
+    if layer is None:
+        return names[0]
+    if layer not in names:
+        raise LabkitError(f"no quantized layer named {layer!r}; the quantized layers are {names}.")
+    return layer
+
+
+def _precision_label(bits: dict[str, int]) -> str:
+    values = set(bits.values())
+    if len(values) == 1:
+        return f"INT{values.pop()} (uniform)"
+    average = sum(bits.values()) / len(bits)
+    return f"mixed precision (average {average:.2f} bits)"
+
+
+def _reference_weight(reference, name: str, layer) -> torch.Tensor:
+    if reference is None:  # the highest stored precision: the INT-h codes themselves, dequantized
+        codes, step = layer.weight_quantizer.codes(layer.weight, layer.bit_set[0])
+        return codes.to(torch.float32) * channel_view(step.to(torch.float32), codes)
+    key = f"{name}.weight"
+    if key not in reference:
+        raise LabkitError(f"the reference state dict has no {key!r}; pass the FP32 state dict of the same architecture "
+                          "(e.g. torch.load('data/checkpoints/cifar10-resnet20-fp32.pt')).")
+    weight = torch.as_tensor(reference[key]).detach().to("cpu", torch.float32)
+    if tuple(weight.shape) != tuple(layer.weight.shape):
+        raise LabkitError(f"the reference {key!r} has shape {tuple(weight.shape)}, the model's layer "
+                          f"{tuple(layer.weight.shape)}: the reference is for another architecture.")
+    return weight
+
+
+def _switchboard_readout(state: dict) -> str:
+    bits = state["bits"]
+    counts = {}
+    for value in bits.values():
+        counts[value] = counts.get(value, 0) + 1
+    mix = ", ".join(f"{count} × {b} bits" for b, count in sorted(counts.items(), reverse=True))
+    lines = [
+        f"<b>Accuracy {state['accuracy']:.2f} %</b> on the fixed batch ({state['correct']} of {state['total']} images) "
+        f"at <b>{html.escape(state['precision'])}</b>",
+        f"average {state['average_bits']:.2f} bits over {len(bits)} quantized layers ({mix})",
+    ]
+    if state["changed"] is not None:
+        lines.append(f"{state['changed']} of {state['total']} predictions differ from {html.escape(state['compared_to'])}")
+    return f"<div style='font-family: sans-serif'>{'<br>'.join(lines)}</div>"
+
+
+@torch.no_grad()
+def switchboard_state(model, images, labels, bits, *, class_names=None, samples: int = 8, layer: str | None = None,
+                      reference=None, compare_to=None, cache: dict | None = None) -> dict:
+    """Everything the precision switchboard shows for one bit-width setting of a whole model (METHOD.md §1, §6).
+
+    Applies ``bits`` to ``model`` (an int: one trained bit-width for every quantized layer; a dict
+    ``{layer name: bits}``: those layers only, the others keep theirs, as :func:`labkit.set_bits` does), runs it
+    in eval mode without gradients on the fixed batch ``images``/``labels``, and leaves it at those bits. Raises
+    :class:`~labkit.errors.BitWidthError` for a bit-width the model was not trained for and
+    :class:`~labkit.errors.LabkitError` for an unknown layer name, before changing anything.
+
+    Args:
+        class_names: names of the classes by label (default: the label numbers).
+        samples: how many of the first images get a prediction entry.
+        layer: the quantized layer whose integer codes are shown (default: the first one).
+        reference: FP32 state dict (or model) to measure the weight error against; default the highest stored
+            precision (then the error is 0 at the top bit-width).
+        compare_to: an earlier state (or its ``predicted`` tensor) to count changed predictions against.
+        cache: a dict the caller keeps to reuse logits of bit settings already run on these images (the widget
+            passes its own; leave None to always run the model).
+
+    Returns a dict: ``bits`` (every layer's bit-width now set), ``average_bits``, ``precision`` (a label),
+    ``accuracy`` (%), ``correct``, ``total``, ``predicted`` (label of every image), ``predictions`` (the first
+    ``samples`` images: ``index``, ``label``, ``true``, ``predicted_label``, ``predicted``, ``confidence``,
+    ``correct``), ``layer``, ``layer_bits``, ``codes`` (integer codes of that layer's weight, Eq. 2),
+    ``code_histogram`` ({code: count} over the whole b-bit range, zeros included), ``quant_error``
+    ({layer: ‖Ŵ_b − W_ref‖ / ‖W_ref‖}), ``quant_error_reference``, ``changed``, ``compared_to`` and ``readout``
+    (HTML).
+    """
+    layer_bits = _layer_bits(model, bits)
+    shown = _check_layer(model, layer)
+    if isinstance(reference, torch.nn.Module):
+        reference = reference.state_dict()
+    images, labels = torch.as_tensor(images), torch.as_tensor(labels).reshape(-1).long().cpu()
+    if images.shape[0] != labels.numel() or labels.numel() == 0:
+        raise ValueError(f"images ({images.shape[0]}) and labels ({labels.numel()}) must be the same, non-zero number.")
+    set_bits(model, layer_bits)
+    layers = quantized_layers(model)
+
+    key = (id(images), tuple(images.shape), tuple(layer_bits.items()))
+    logits = cache.get(key) if cache is not None else None
+    if logits is None:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(images.to(device)).float().cpu()
+        finally:
+            model.train(was_training)
+        if cache is not None:
+            cache[key] = logits
+    probabilities = logits.softmax(dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+    right = predicted == labels
+    correct, total = int(right.sum()), labels.numel()
+
+    def name_of(label: int) -> str:
+        return str(class_names[label]) if class_names is not None and 0 <= label < len(class_names) else str(label)
+
+    predictions = [
+        {"index": i, "label": int(labels[i]), "true": name_of(int(labels[i])), "predicted_label": int(predicted[i]),
+         "predicted": name_of(int(predicted[i])), "confidence": float(confidence[i]), "correct": bool(right[i])}
+        for i in range(min(max(int(samples), 0), total))
+    ]
+
+    codes, _ = layers[shown].weight_codes()
+    codes = codes.detach().cpu()
+    qmin, qmax = int_range(layer_bits[shown])
+    counts = torch.bincount(codes.reshape(-1).long() - qmin, minlength=qmax - qmin + 1)
+    histogram = {qmin + i: int(count) for i, count in enumerate(counts.tolist())}
+
+    quant_error = {}
+    for name, module in layers.items():
+        layer_codes, step = module.weight_codes()
+        step = channel_view(step.detach().to("cpu", torch.float32), layer_codes)
+        weight = layer_codes.detach().to("cpu", torch.float32) * step
+        target = _reference_weight(reference, name, module).cpu()
+        quant_error[name] = float((weight - target).norm() / target.norm().clamp_min(1e-12))
+
+    changed, compared_to = None, None
+    if compare_to is not None:
+        before = compare_to["predicted"] if isinstance(compare_to, dict) else torch.as_tensor(compare_to)
+        if before.numel() != total:
+            raise ValueError(f"compare_to has {before.numel()} predictions, the batch {total} images.")
+        changed = int((before.reshape(-1).cpu() != predicted).sum())
+        compared_to = (f"the {compare_to['precision']} model" if isinstance(compare_to, dict) else "the reference")
+
+    state = {
+        "bits": layer_bits,
+        "average_bits": sum(layer_bits.values()) / len(layer_bits),
+        "precision": _precision_label(layer_bits),
+        "accuracy": 100.0 * correct / total,
+        "correct": correct,
+        "total": total,
+        "predicted": predicted,
+        "predictions": predictions,
+        "layer": shown,
+        "layer_bits": layer_bits[shown],
+        "codes": codes,
+        "code_histogram": histogram,
+        "quant_error": quant_error,
+        "quant_error_reference": "FP32 weights" if reference is not None else
+                                 f"stored INT{max(layers[shown].bit_set)} weights",
+        "changed": changed,
+        "compared_to": compared_to,
+    }
+    state["readout"] = _switchboard_readout(state)
+    return state
+
+
+class PrecisionSwitchboard(widgets.VBox):
+    """Live precision switching of a whole model: a bit-width slider, per-layer selectors, three figures, a readout.
+
+    The slider sets one bit-width for every quantized layer (and resets the per-layer selectors); changing one
+    selector makes the model mixed precision. A dropdown picks the layer whose integer codes are drawn. Figures:
+    sample predictions, the code histogram of that layer, and the per-layer weight error. Everything comes from
+    :func:`switchboard_state`; ``update(bits=..., layer_bits=..., layer=...)`` moves the controls from code.
+    The widget switches ``model`` itself (it is left at the bits shown).
+    """
+
+    def __init__(self, model, images, labels, *, class_names=None, bit_choices=None, samples: int = 8,
+                 layer: str | None = None, reference=None, mean=None, std=None):
+        from labkit.data import CIFAR10_MEAN, CIFAR10_STD
+
+        trained = trained_bits(model)
+        choices = sorted({check_bits(b, allowed=trained, name="bit_choices")
+                          for b in (trained if bit_choices is None else bit_choices)}, reverse=True)
+        if not choices:
+            raise BitWidthError(f"bit_choices is empty; pass some of the trained bit-widths {list(trained)}.")
+        self.model = model
+        self.images = torch.as_tensor(images)
+        self.labels = torch.as_tensor(labels)
+        self.class_names = class_names
+        self.samples = samples
+        self.reference = reference.state_dict() if isinstance(reference, torch.nn.Module) else reference
+        self.mean = CIFAR10_MEAN if mean is None else mean
+        self.std = CIFAR10_STD if std is None else std
+        self._cache: dict = {}
+        self._updating = False
+        layer = _check_layer(model, layer)
+        names = list(quantized_layers(model))
+
+        self.slider = widgets.SelectionSlider(
+            options=[(f"{b} bits", b) for b in choices], value=choices[0], description="bit-width",
+            continuous_update=False, layout=widgets.Layout(width="420px"),
+        )
+        self.layer_dropdown = widgets.Dropdown(options=names, value=layer, description="codes of",
+                                               layout=widgets.Layout(width="280px"))
+        self.layer_selectors = {
+            name: widgets.Dropdown(options=[(f"{b} bits", b) for b in trained], value=choices[0], description=name,
+                                   style={"description_width": "120px"}, layout=widgets.Layout(width="230px"))
+            for name in names
+        }
+        self.mixed_box = widgets.Accordion(
+            children=[widgets.GridBox(list(self.layer_selectors.values()),
+                                      layout=widgets.Layout(grid_template_columns="repeat(3, 240px)"))],
+            titles=("bits per layer (mixed precision)",), selected_index=None,
+        )
+        # The top precision is the baseline the readout counts changed predictions against.
+        self.baseline = self._state({name: choices[0] for name in names}, layer, compare=False)
+        self.state = self.baseline
+        self.readout = widgets.HTML(value=self.state["readout"])
+        self.predictions_figure = go.FigureWidget(predictions_figure(self.images, self.state, self.mean, self.std))
+        self.histogram_figure = go.FigureWidget(code_histogram_figure(self.state))
+        self.error_figure = go.FigureWidget(quant_error_figure(self.state))
+        self.figures = (self.predictions_figure, self.histogram_figure, self.error_figure)
+        # Stable CSS hooks for the real-browser test and for custom styling.
+        self.slider.add_class("labkit-precision-slider")
+        self.readout.add_class("labkit-readout")
+        for selector in self.layer_selectors.values():
+            selector.add_class("labkit-layer-selector")
+        for figure in self.figures:
+            figure.add_class("labkit-figure")
+        self.slider.observe(self._on_slider_change, names="value")
+        for selector in self.layer_selectors.values():
+            selector.observe(self._on_control_change, names="value")
+        self.layer_dropdown.observe(self._on_control_change, names="value")
+        self.redraw()
+        super().__init__(children=[
+            widgets.HBox([self.slider, self.layer_dropdown]), self.mixed_box, self.readout,
+            self.predictions_figure, self.histogram_figure, self.error_figure,
+        ])
+
+    def _state(self, bits, layer, compare: bool = True) -> dict:
+        return switchboard_state(self.model, self.images, self.labels, bits, class_names=self.class_names,
+                                 samples=self.samples, layer=layer, reference=self.reference,
+                                 compare_to=self.baseline if compare else None, cache=self._cache)
+
+    @property
+    def layer_bits(self) -> dict[str, int]:
+        """The bit-width every per-layer selector shows now."""
+        return {name: selector.value for name, selector in self.layer_selectors.items()}
+
+    def _set_all_layers(self, bits: int) -> None:
+        for selector in self.layer_selectors.values():
+            selector.value = bits
+
+    def _on_slider_change(self, change) -> None:
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            self._set_all_layers(change["new"])  # one bit-width for the whole model
+        finally:
+            self._updating = False
+        self.redraw()
+
+    def _on_control_change(self, change) -> None:
+        if not self._updating:
+            self.redraw()
+
+    def update(self, bits: int | None = None, layer_bits: dict | None = None, layer: str | None = None) -> dict:
+        """Move the controls (``bits`` for the whole model first, then ``layer_bits`` per layer, ``layer`` for the
+        code histogram), redraw once, and return the new state. Nothing moves when an argument is invalid."""
+        if bits is not None:
+            bits = check_bits(bits, allowed=[value for _, value in self.slider.options])
+        if layer_bits is not None:
+            unknown = sorted(set(layer_bits) - set(self.layer_selectors), key=str)
+            if unknown:
+                raise LabkitError(f"no quantized layer named {unknown}; the quantized layers are "
+                                  f"{list(self.layer_selectors)}.")
+            layer_bits = {name: check_bits(value, allowed=trained_bits(self.model), name=f"layer_bits[{name!r}]")
+                          for name, value in layer_bits.items()}
+        if layer is not None:
+            layer = _check_layer(self.model, layer)
+        self._updating = True
+        try:
+            if bits is not None:
+                self.slider.value = bits
+                self._set_all_layers(bits)
+            for name, value in (layer_bits or {}).items():
+                self.layer_selectors[name].value = value
+            if layer is not None:
+                self.layer_dropdown.value = layer
+        finally:
+            self._updating = False
+        return self.redraw()
+
+    def redraw(self) -> dict:
+        """Recompute :func:`switchboard_state` for the current controls and push it into the figures and readout."""
+        self.state = self._state(self.layer_bits, self.layer_dropdown.value)
+        texts, colors = prediction_labels(self.state)
+        with self.predictions_figure.batch_update():
+            for annotation, text, color in zip(self.predictions_figure.layout.annotations, texts, colors):
+                annotation.text = text
+                annotation.font.color = color
+            self.predictions_figure.layout.title.text = predictions_title(self.state)
+        histogram = code_histogram_figure(self.state)
+        with self.histogram_figure.batch_update():
+            bar, new = self.histogram_figure.data[0], histogram.data[0]
+            bar.x, bar.y, bar.marker.color, bar.name = new.x, new.y, new.marker.color, new.name
+            self.histogram_figure.layout.title.text = histogram.layout.title.text
+            self.histogram_figure.layout.xaxis.title.text = histogram.layout.xaxis.title.text
+            self.histogram_figure.layout.xaxis.range = histogram.layout.xaxis.range
+        bars = quant_error_bars(self.state)
+        with self.error_figure.batch_update():
+            bar = self.error_figure.data[0]
+            bar.x, bar.y, bar.text = bars["x"], bars["y"], bars["text"]
+            bar.marker.color = bars["marker_color"]
+            bar.marker.line.width = bars["marker_line_width"]
+            self.error_figure.layout.title.text = quant_error_title(self.state)
+        self.readout.value = self.state["readout"]
+        return self.state
+
+
+def precision_switchboard(model, images, labels, *, class_names=None, bit_choices=None, samples: int = 8,
+                          layer: str | None = None, reference=None, mean=None, std=None) -> PrecisionSwitchboard:
+    """A live view of a whole multi-precision model as its bit-width switches, uniformly or per layer (notebooks
+    03/04/06): accuracy on a fixed batch, sample predictions, integer codes of a layer, per-layer weight error.
+
+    ``bit_choices`` defaults to the trained bits; ``mean``/``std`` (default CIFAR-10's) undo the images'
+    normalization for display; ``reference`` is an FP32 state dict for the weight error (default: the stored INT-h
+    weights).
+    """
+    return PrecisionSwitchboard(model, images, labels, class_names=class_names, bit_choices=bit_choices,
+                                samples=samples, layer=layer, reference=reference, mean=mean, std=std)

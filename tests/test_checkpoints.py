@@ -55,6 +55,7 @@ def test_every_shipped_checkpoint_loads_into_its_architecture(meta):
     else:
         kwargs = dict(config.get("model_kwargs") or {})
         model = load_state_dict_file(build_model(config["model"], **kwargs), path)
-    assert record["accuracy"] and all(0 < v <= 100 for v in record["accuracy"].values())
+    assert record["accuracy"] and all(0 <= v <= 100 for v in record["accuracy"].values())
+    assert max(record["accuracy"].values()) > 50  # the top precision works; a collapsed 2-bit (0 %) is a result
     assert record["command"].startswith("LABKIT_PROFILE=") and record["hardware"] and record["wall_time_s"] > 0
     assert model is not None

@@ -50,3 +50,21 @@ def accuracy_spread(records) -> list[dict]:
                      "range": max(values) - min(values), "mean": statistics.fmean(values),
                      "stdev": statistics.stdev(values) if len(values) > 1 else 0.0})
     return rows
+
+
+def sampling_gap(candidates) -> dict:
+    """How different HASB's roulette is from uniform sampling for a candidate set (the reviewers' {8,4} case).
+
+    Returns the expected bit-width a sensitive layer draws (``p_i = b_i / Σ b_j``, Alg. 1), the expected
+    bit-width of a uniform draw, their gap in bits, and the probability of the top bit under each.
+    """
+    from labkit.hasb.roulette import roulette_probabilities
+
+    probabilities = roulette_probabilities({"sensitive": 1.0, "other": 0.0}, candidates, rule="mean")
+    sensitive, uniform = probabilities["sensitive"], probabilities["other"]
+    top = max(sensitive)
+    expected_sensitive = sum(b * p for b, p in sensitive.items())
+    expected_uniform = sum(b * p for b, p in uniform.items())
+    return {"candidates": tuple(sorted(sensitive, reverse=True)), "expected_sensitive": expected_sensitive,
+            "expected_uniform": expected_uniform, "gap_bits": expected_sensitive - expected_uniform,
+            "top_bit_sensitive": sensitive[top], "top_bit_uniform": uniform[top]}

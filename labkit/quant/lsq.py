@@ -42,9 +42,14 @@ def lsq_grad_scale(elements: int, qmax: int) -> float:
 
 
 def _forward_kernel(x, scale, qmin: int, qmax: int, shift: int, rounding: str):
-    """``x̂ = clip(second_round(round(x / s))) · s · 2^Δ`` (Eq. 1–3)."""
-    codes = shift_round_float(torch.round(x * scale.reciprocal()), shift, rounding).clamp(qmin, qmax)
-    return codes * (scale * (2.0 ** shift))
+    """``x̂ = clip(second_round(round(x / s))) · s · 2^Δ`` (Eq. 1–3).
+
+    Each step after the first works in place on the kernel's own intermediate (never on ``x``): the same
+    arithmetic with fewer allocations, ~0.5× the eager time on activation-sized tensors
+    (``benchmarks/suggestion_inplace_fakequant.py``).
+    """
+    codes = shift_round_float((x * scale.reciprocal()).round_(), shift, rounding).clamp_(qmin, qmax)
+    return codes.mul_(scale * (2.0 ** shift))
 
 
 def _backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding: str, grad_factor: float):
@@ -52,9 +57,9 @@ def _backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding:
     v = x * scale.reciprocal()
     unclipped = shift_round_float(torch.round(v), shift, rounding)
     codes = unclipped.clamp(qmin, qmax)
-    inside = unclipped == codes
-    grad_x = torch.where(inside, grad, 0.0)
-    per_element = grad * (codes * (2.0 ** shift) - torch.where(inside, v, 0.0))
+    outside = unclipped != codes
+    grad_x = grad.masked_fill(outside, 0.0)
+    per_element = codes.mul_(2.0 ** shift).sub_(v.masked_fill_(outside, 0.0)).mul_(grad)
     return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
 
 

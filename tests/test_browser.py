@@ -1,0 +1,414 @@
+"""The lab in a real browser: JupyterLab on localhost, a notebook run in headless Chromium, its widget moved.
+
+For each notebook in :data:`BROWSER_NOTEBOOKS` the test starts ``jupyter lab`` (loopback only, a random port,
+a known token, ``LABKIT_PROFILE=smoke``, fresh Jupyter config/data/runtime/settings dirs so nothing of the user's
+setup leaks in) on a temporary copy of ``notebooks/``, opens the notebook in Debian's ``chromium`` driven by
+Playwright for Python (``executable_path``: Playwright never downloads a browser here), runs all cells, then
+moves the widget's slider with the keyboard and checks that the readout text and the figure both change.
+
+The widgets carry stable CSS hooks (``labkit/widgets.py``): ``labkit-precision-slider`` on the slider,
+``labkit-readout`` on the HTML readout and ``labkit-figure`` on the plotly ``FigureWidget``.
+
+Screenshots (before / after the move, or the state at a failure) go to ``test-artifacts/browser/``; their paths
+are printed and recorded as test properties (``--junitxml`` shows them).
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) and the ``playwright`` Python
+package (in ``.[test]``). A missing one is a failure with the fix in its message, never a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+# The notebooks driven in the browser, by file name without ".ipynb", each with an optional regular expression
+# that the readout must match before and after the move (None: only "the text changes" is checked).
+# Switching or adding a target is one line here; a listed notebook that does not exist is a failure.
+BROWSER_NOTEBOOKS: dict[str, str | None] = {
+    "01_double_rounding_scalar": r"Double Rounding differs from direct rounding for \d+ of \d+ inputs",
+    "06_deployment": r"Accuracy \d+\.\d+ %",
+}
+
+CHROMIUM = Path(os.environ.get("LABKIT_CHROMIUM", "/usr/bin/chromium"))
+INSTALL_HINT = (
+    "the browser test needs Debian's chromium and the playwright Python package: "
+    "`apt-get install -y chromium` (as root; .ci/run does this) and `.venv/bin/pip install -e \".[test]\"`. "
+    "Playwright's own browser download is not used (set LABKIT_CHROMIUM to use another Chromium binary)."
+)
+
+# Bounded waits (seconds). The test takes ~30-40 s for notebook 01 on 2 busy CPU cores.
+SERVER_START_S = 60
+PAGE_LOAD_S = 60
+KERNEL_IDLE_S = 60
+RUN_ALL_S = 180  # notebook 01: ~20 s; notebook 03 (CIFAR-10 training, smoke): ~130 s
+WIDGET_RENDER_S = 30
+READOUT_CHANGE_S = 60
+FIGURE_CHANGE_S = 30
+SERVER_STOP_S = 20
+
+WIDGET = ".labkit-precision-slider"
+READOUT = ".labkit-readout"
+FIGURE = ".labkit-figure"
+
+
+# ------------------------------------------------------------------------------------------ JupyterLab server
+
+
+class LabServer:
+    def __init__(self, url: str, token: str, process: subprocess.Popen, log: Path):
+        self.url, self.token, self.process, self.log = url, token, process, log
+
+    def notebook_url(self, name: str) -> str:
+        # A workspace of its own per notebook: no tab (or kernel) of an earlier test is restored with it.
+        return f"{self.url}lab/workspaces/browser-{name}/tree/notebooks/{name}.ipynb?reset&token={self.token}"
+
+    def _request(self, method: str, path: str):
+        req = urllib.request.Request(f"{self.url}{path}", method=method,
+                                     headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def shut_down_kernels(self) -> None:
+        """End every notebook session (and its kernel), so the next notebook does not share the CPU with it."""
+        try:
+            for session in self._request("GET", "api/sessions") or []:
+                self._request("DELETE", f"api/sessions/{session['id']}")
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+
+    def log_tail(self, n: int = 25) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "<no server log>"
+        return "\n".join(lines[-n:])
+
+
+def _clean_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_"))}
+    env.pop("IPYTHONDIR", None)
+    dirs = {
+        "JUPYTER_CONFIG_DIR": tmp / "config",
+        "JUPYTER_DATA_DIR": tmp / "data",
+        "JUPYTER_RUNTIME_DIR": tmp / "runtime",
+        "JUPYTERLAB_SETTINGS_DIR": tmp / "lab-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": tmp / "lab-workspaces",
+        "IPYTHONDIR": tmp / "ipython",
+    }
+    for key, path in dirs.items():
+        path.mkdir(parents=True, exist_ok=True)
+        env[key] = str(path)
+    env["LABKIT_PROFILE"] = "smoke"
+    env["PYTHONUNBUFFERED"] = "1"
+    # User settings: no autosave (the copy is thrown away anyway), no news / update toasts over the page.
+    settings = tmp / "lab-settings" / "@jupyterlab"
+    (settings / "docmanager-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "docmanager-extension" / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
+    (settings / "apputils-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    return env
+
+
+def _stop(process: subprocess.Popen, url: str | None, token: str) -> None:
+    if process.poll() is not None:
+        return
+    if url:  # a clean shutdown first: the server stops its kernels
+        try:
+            req = urllib.request.Request(f"{url}api/shutdown", method="POST",
+                                         headers={"Authorization": f"token {token}"})
+            urllib.request.urlopen(req, timeout=5).close()
+        except (OSError, urllib.error.URLError):
+            pass
+        try:
+            process.wait(timeout=SERVER_STOP_S)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    # The server runs in its own session (process group); this ends it and the kernels it started.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=SERVER_STOP_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory):
+    """``jupyter lab`` on 127.0.0.1 (random port, known token) serving a temporary copy of ``notebooks/``."""
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"jupyterlab is not importable from {sys.executable} ({exc}); {INSTALL_HINT}")
+    tmp = tmp_path_factory.mktemp("browser-lab")
+    root = tmp / "root"
+    shutil.copytree(NOTEBOOKS_DIR, root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    env = _clean_env(tmp / "jupyter")
+    token = secrets.token_hex(16)
+    log = tmp / "jupyter-lab.log"
+    cmd = [
+        sys.executable, "-m", "jupyterlab",
+        "--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0", "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        "--ServerApp.terminals_enabled=False",
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run cells and read kernel state robustly
+        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",  # no PyPI queries from the extension manager
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(cmd, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    url = None
+    try:
+        runtime = Path(env["JUPYTER_RUNTIME_DIR"])
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            info_file = runtime / f"jpserver-{process.pid}.json"
+            if url is None and info_file.is_file():
+                try:
+                    url = json.loads(info_file.read_text())["url"]
+                except (ValueError, KeyError):
+                    url = None
+            if url:
+                try:
+                    with urllib.request.urlopen(f"{url}api/status?token={token}", timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except (OSError, urllib.error.URLError):
+                    pass
+            time.sleep(0.5)
+        else:
+            process.poll()
+        server = LabServer(url or "", token, process, log)
+        if process.returncode is not None:
+            pytest.fail(f"jupyter lab exited with code {process.returncode} while starting:\n{server.log_tail()}")
+        if not url or time.monotonic() >= deadline:
+            pytest.fail(f"jupyter lab did not answer on localhost within {SERVER_START_S}s:\n{server.log_tail()}")
+        assert url.startswith("http://127.0.0.1:"), url  # loopback only
+        yield server
+    finally:
+        _stop(process, url, token)
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by Playwright (never a Playwright-downloaded browser)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed ({exc}); {INSTALL_HINT}")
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.fail(f"no Chromium at {CHROMIUM}; {INSTALL_HINT}")
+    args = ["--disable-dev-shm-usage", "--disable-gpu"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root (CI containers)
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args, timeout=60_000)
+        except Exception as exc:  # noqa: BLE001 - the message says what to do
+            pytest.fail(f"could not launch {CHROMIUM} through Playwright: {exc}\n{INSTALL_HINT}")
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# JavaScript run in the page. `window.jupyterapp` exists because of --LabApp.expose_app_in_browser.
+JS_STATE = """() => {
+  const app = window.jupyterapp;
+  const dialog = document.querySelector('.jp-Dialog');
+  const out = {app: !!app, kernel: null, dialog: dialog ? dialog.innerText.slice(0, 500) : null};
+  const panel = app && app.shell.currentWidget;
+  const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
+  if (kernel) out.kernel = kernel.status;
+  return out;
+}"""
+
+JS_RUN_ALL = """async (ms) => {
+  const run = window.jupyterapp.commands.execute('notebook:run-all-cells');
+  const timer = new Promise(resolve => setTimeout(() => resolve('timeout'), ms));
+  return await Promise.race([run.then(ok => ok === false ? 'failed' : 'done'), timer]);
+}"""
+
+JS_CELL_ERRORS = """() => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  const errors = [];
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type !== 'code') continue;
+    for (const o of cell.outputs.toJSON()) {
+      if (o.output_type === 'error') errors.push({cell: i, ename: o.ename, evalue: o.evalue,
+                                                  traceback: (o.traceback || []).slice(-3).join('\\n')});
+    }
+  }
+  return errors;
+}"""
+
+# What every plotly figure of the widget draws: the SVG path geometry and all text (titles, ticks, annotations).
+JS_FIGURE_SIGNATURE = """(el, selector) => JSON.stringify(Array.from(el.querySelectorAll(selector)).map(fig => [
+  Array.from(fig.querySelectorAll('svg path')).map(p => p.getAttribute('d') || ''),
+  Array.from(fig.querySelectorAll('svg text')).map(t => t.textContent),
+]))"""
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _wait_for_idle_kernel(page, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    state = {}
+    while time.monotonic() < deadline:
+        state = page.evaluate(JS_STATE)
+        if state["dialog"]:
+            raise AssertionError(f"a JupyterLab dialog blocks the page {what}: {state['dialog']!r}")
+        if state["kernel"] == "dead":
+            raise AssertionError(f"the notebook's kernel died {what}")
+        if state["kernel"] == "idle":
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"the kernel was not idle within {seconds}s {what} (last state {state})")
+
+
+def _screenshot(page, name: str, record_property) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), timeout=30_000)
+    record_property(f"screenshot-{name}", str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- test
+
+
+@pytest.mark.parametrize("notebook", list(BROWSER_NOTEBOOKS))
+def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record_property, capsys):
+    from playwright.sync_api import Error as PlaywrightError, expect
+
+    assert (NOTEBOOKS_DIR / f"{notebook}.ipynb").is_file(), (
+        f"notebooks/{notebook}.ipynb is listed in BROWSER_NOTEBOOKS (tests/test_browser.py) but does not exist")
+    readout_pattern = BROWSER_NOTEBOOKS[notebook]
+    for old in ARTIFACTS.glob(f"{notebook}-*.png"):
+        old.unlink()
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    shots: list[Path] = []
+    started = time.monotonic()
+    try:
+        try:
+            page.goto(lab_server.notebook_url(notebook), timeout=PAGE_LOAD_S * 1000, wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=PAGE_LOAD_S * 1000)
+            _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after opening the notebook")
+
+            outcome = page.evaluate(JS_RUN_ALL, RUN_ALL_S * 1000)
+            errors = page.evaluate(JS_CELL_ERRORS)
+            if errors:
+                raise AssertionError("cells raised in the browser run:\n" + "\n".join(
+                    f"  cell {e['cell']}: {e['ename']}: {e['evalue']}\n{ANSI.sub('', e['traceback'])}"
+                    for e in errors))
+            assert outcome == "done", f"Run All Cells: {outcome} (limit {RUN_ALL_S}s)"
+            _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after Run All Cells")
+
+            # The first output area holding the slider; the readout and the figures (all of them: the change may
+            # show in any) are looked up inside that same output.
+            output = page.locator(".jp-OutputArea-output", has=page.locator(WIDGET)).first
+            handle = output.locator(f"{WIDGET} .noUi-handle").first
+            readout = output.locator(READOUT).first
+            figure = output.locator(FIGURE).first
+            handle.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+            readout.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+            figure.locator("svg.main-svg path").first.wait_for(state="attached", timeout=WIDGET_RENDER_S * 1000)
+            output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
+
+            before_text = readout.inner_text().strip()
+            before_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+            if not before_text:
+                raise AssertionError("the readout is empty before the slider moves")
+            if readout_pattern and not re.search(readout_pattern, before_text):
+                raise AssertionError(f"the readout {before_text!r} does not match {readout_pattern!r}")
+            shots.append(_screenshot(page, f"{notebook}-before", record_property))
+
+            # Move the slider one step with the keyboard (towards the end it is not already at).
+            position = handle.get_attribute("aria-valuenow")
+            key = "ArrowRight" if float(position) < float(handle.get_attribute("aria-valuemax")) else "ArrowLeft"
+            handle.focus()
+            handle.press(key)
+            expect(handle).not_to_have_attribute("aria-valuenow", position, timeout=5_000)
+
+            # innerText, as read above (textContent would differ at every <br> and pass at once).
+            expect(readout).not_to_have_text(before_text, use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+            after_text = readout.inner_text().strip()
+            deadline = time.monotonic() + FIGURE_CHANGE_S
+            after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+            while after_figure == before_figure and time.monotonic() < deadline:
+                time.sleep(0.25)
+                after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+            if after_figure == before_figure:
+                raise AssertionError(f"the readout changed but the figure did not within {FIGURE_CHANGE_S}s "
+                                     "of the slider move")
+            if readout_pattern and not re.search(readout_pattern, after_text):
+                raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
+            output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
+            shots.append(_screenshot(page, f"{notebook}-after", record_property))
+        except (AssertionError, PlaywrightError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            try:
+                shots.append(_screenshot(page, f"{notebook}-failure", record_property))
+            except PlaywrightError:
+                pass
+        else:
+            failure = None
+    finally:
+        context.close()
+        lab_server.shut_down_kernels()
+    if failure:
+        details = [f"browser test of notebooks/{notebook}.ipynb failed", failure]
+        if shots:
+            details.append("screenshots: " + ", ".join(str(s) for s in shots))
+        if page_errors:
+            details.append("page errors: " + " | ".join(page_errors[:5]))
+        details.append("jupyter lab log (tail):\n" + lab_server.log_tail())
+        pytest.fail("\n".join(details), pytrace=False)
+
+    with capsys.disabled():
+        print(f"\n[browser] {notebook}: readout {before_text!r} -> {after_text!r} "
+              f"({time.monotonic() - started:.1f}s); screenshots: " + ", ".join(str(s) for s in shots))
+
+
+def test_ci_installs_the_browser():
+    """.ci/run installs Debian's chromium (not a Playwright download) before the tests, when it is missing."""
+    text = (ROOT / ".ci" / "run").read_text()
+    install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"
+    assert install in text, ".ci/run must install chromium for tests/test_browser.py"
+    assert text.index(install) < text.index("python -m pytest"), ".ci/run must install chromium before the tests"
+    assert "playwright install" not in text, "the browser comes from Debian, Playwright must not download one"

@@ -22,8 +22,9 @@ def scale_gradient_curve(bits: int, high_bits: int = 8, steps: int = 2001, span:
     """``x̂``, ``∂x̂/∂x`` and ``∂x̂/∂s`` (without LSQ's ``g``) over ``x/s_l`` in ``[span·n, span·p]`` (Eq. 13–14).
 
     The weight is quantized the Double Rounding way: scale ``s_h = 1`` at ``high_bits`` and the second rounding
-    to ``bits``, so ``x`` is measured in INT-``bits`` steps (``v_l = x / s_l``). Returns tensors ``v``,
-    ``x_hat``, ``grad_x``, ``grad_s`` (per unit of ``s_h``, i.e. with the ``2^Δ`` chain factor) and the bounds.
+    to ``bits``, so ``x`` is measured in INT-``bits`` steps (``v_l = x / s_l``). Returns tensors ``v``, ``x_hat``
+    (in l-bit steps), ``grad_x`` and ``grad_s`` = ``∂x̂/∂s_l`` (the gradient with respect to the learned ``s_h``
+    divided by its ``2^Δ`` chain factor, so every bit-width is on the LSQ scale of Eq. 14), and the bounds.
     """
     bits = check_bits(bits)
     high_bits = check_bits(high_bits, name="high_bits")
@@ -124,7 +125,7 @@ def gradient_curves_figure(curves: list[dict]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("∂x̂/∂s  (Eq. 14, per unit of s_h)",
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("∂x̂/∂s_l  (Eq. 14; ∂/∂s_h is 2^Δ times this)",
                                                             "∂x̂/∂x  (Eq. 13, clipped STE)"))
     for curve in curves:
         name = f"{curve['bits']}-bit (from INT{curve['high_bits']})"

@@ -409,11 +409,12 @@ def test_rows_are_unique_and_config_overrides_merge_the_profile_budget():
         row("nope")
 
 
-def _write_row(root: Path, name: str, accuracy: dict, walls=(60.0,), extra_files=()):
+def _write_row(root: Path, name: str, accuracy: dict, walls=(60.0,), extra_files=(), test_images=10000):
     folder = root / name
     folder.mkdir(parents=True)
+    budget = {"epochs": 3, "eval_images": {"test": test_images}}
     (folder / "metrics.json").write_text(json.dumps({"accuracy": {str(b): a for b, a in accuracy.items()},
-                                                     "budget": {"epochs": 3}, "hardware": "2 CPU cores"}))
+                                                     "budget": budget, "hardware": "2 CPU cores"}))
     (folder / "run.json").write_text(json.dumps({"sessions": [{"wall_time_s": w} for w in walls]}))
     for file in extra_files:
         (folder / file).write_text("x" * 10)
@@ -429,6 +430,14 @@ def suite_root(tmp_path):
     _write_row(root, "lsq-2", {2: 78.0}, walls=(45.5,))
     (root / "8642-floor").mkdir()  # an unfinished row: no metrics.json
     return root
+
+
+def test_collect_gives_no_drop_for_rows_evaluated_on_other_images(tmp_path):
+    from labkit.reproduction import collect
+
+    _write_row(tmp_path, "8642-alrs-a2", {8: 70.0, 2: 10.0}, test_images=128)
+    (record,) = collect(tmp_path)
+    assert record["drop"] == {} and record["accuracy"] == {8: 70.0, 2: 10.0}
 
 
 def _our_fp32() -> float:

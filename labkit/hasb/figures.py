@@ -1,4 +1,4 @@
-"""Plotly figures and readers for notebook 04 (HASB): the HMT distribution, sampling probabilities, allocations."""
+"""Plotly figures and readers for notebook 04 (HASB): the HMT distribution, allocations, accuracy spread."""
 from __future__ import annotations
 
 import csv
@@ -35,7 +35,9 @@ def hmt_figure(distribution: HMTDistribution, layer_order=None, title: str = "Av
         x=layers, y=[values[name] for name in layers],
         marker_color=["#d62728" if name in sensitive else "#1f77b4" for name in layers],
         hovertemplate="%{x}: %{y:.3g}<extra></extra>"))
-    figure.add_hline(y=distribution.mean, line_dash="dash", annotation_text=f"mean {distribution.mean:.3g} (threshold)")
+    figure.add_hline(y=distribution.threshold, line_dash="dash", annotation_text=f"threshold {distribution.threshold:.3g}")
+    if distribution.threshold != distribution.mean:
+        figure.add_hline(y=distribution.mean, line_dash="longdash", annotation_text=f"mean {distribution.mean:.3g}")
     figure.add_hline(y=distribution.median, line_dash="dot", annotation_text=f"median {distribution.median:.3g}",
                      annotation_position="bottom right")
     figure.update_layout(title=title + " (red: sensitive, at or above the threshold)", yaxis_type="log",

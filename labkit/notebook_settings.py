@@ -27,9 +27,9 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "paper": {"hessian_images": 1000, "probes": 7, "eval_images": None, "sweep_step": 0.05},
     },
     "05": {
-        "smoke": {"val_images": 16, "imagenette_images": 16, "finetune_images": 0},
-        "laptop": {"val_images": 500, "imagenette_images": 500, "finetune_images": 0},
-        "paper": {"val_images": None, "imagenette_images": None, "finetune_images": None},
+        "smoke": {"val_images": 16, "imagenette_images": 16},
+        "laptop": {"val_images": 500, "imagenette_images": 500},
+        "paper": {"val_images": None, "imagenette_images": None},
     },
     "06": {
         "smoke": {"eval_images": 256, "onnx_images": 16, "ptq_images": 256},

@@ -223,8 +223,9 @@ def results_for_profile(settings: dict, out_root=None, show_progress: bool = Fal
     if profile == "laptop" or not rows:
         return collect(), (f"measured rows committed in {RESULTS_DIR.relative_to(RESULTS_DIR.parents[2])} "
                            f"(trained by `labkit reproduce` at the suite budget {SUITE_BUDGET})")
-    out_root = Path(out_root or (tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke" else "runs/suite-paper"))
+    default = tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke" else RESULTS_DIR.parents[2] / "runs" / "suite-paper"
+    out_root = Path(out_root or default)
     run_suite(out_root, None if rows == "all" else list(rows), profile=profile, show_progress=show_progress)
     note = ("smoke budget: 256 training images, one epoch, 128 test images — these numbers only show that every "
-            "row runs" if profile == "smoke" else "the paper budget (200 epochs)")
+            "row runs" if profile == "smoke" else "the recipes' paper budget: 200 epochs, from the shipped FP32 model")
     return collect(out_root), f"trained just now in {out_root} ({note})"

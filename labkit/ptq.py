@@ -59,3 +59,25 @@ def post_training_multi_precision(fp32_model: torch.nn.Module, images: torch.Ten
     """
     model = quantize_model(fp32_model, bits=bits, method=method, rounding=rounding).eval()
     return calibrate(model, images, bits, batch_norm=batch_norm)
+
+
+#: The post-training variants notebook 06 compares with the jointly trained model: (label, method, batch_norm).
+VARIANTS = (("post-training, Double Rounding", "double_rounding", False),
+            ("post-training, Double Rounding + BN re-estimated", "double_rounding", True),
+            ("post-training, floor-truncation + BN re-estimated", "floor", True))
+
+
+def post_training_comparison(fp32_model: torch.nn.Module, jointly_trained: torch.nn.Module, images: torch.Tensor,
+                             dataset, bits=(8, 6, 4, 2)) -> list[dict]:
+    """Accuracy per bit-width on ``dataset`` of each post-training variant (calibrated on ``images``) and of the
+    jointly trained model; every record also carries the FP32 model's accuracy on the same images (``fp32``)."""
+    from labkit.evaluate import accuracy_per_bits
+
+    fp32 = accuracy_per_bits(fp32_model, dataset, [32])[32]
+    records = []
+    for label, method, batch_norm in VARIANTS:
+        model = post_training_multi_precision(fp32_model, images, bits, method=method, batch_norm=batch_norm)
+        records.append({"label": label, "accuracy": accuracy_per_bits(model, dataset, bits), "fp32": fp32})
+    records.append({"label": "jointly trained", "accuracy": accuracy_per_bits(jointly_trained, dataset, bits),
+                    "fp32": fp32})
+    return records

@@ -795,3 +795,16 @@ def test_joint_step_memory_leaves_batch_norm_statistics_alone():
     joint_step_memory(model, images, labels)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not model.training
+
+
+def test_post_training_comparison_has_every_variant_and_the_joint_model():
+    from torch.utils.data import TensorDataset
+
+    from labkit.ptq import VARIANTS, post_training_comparison
+
+    fp32 = tiny_cnn()
+    images, labels = batch(16)
+    joint = tiny_quantized()
+    records = post_training_comparison(fp32, joint, images, TensorDataset(images, labels))
+    assert [r["label"] for r in records] == [v[0] for v in VARIANTS] + ["jointly trained"]
+    assert all(sorted(r["accuracy"]) == [2, 4, 6, 8] and 0 <= r["fp32"] <= 100 for r in records)

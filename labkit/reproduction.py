@@ -65,6 +65,13 @@ ROWS: tuple[Row, ...] = (
         "Any-Precision style (DoReFa weights from FP32 masters)"),
     *(Row(f"lsq-{b}", "cifar10-resnet20", {"method": "lsq", "bits": (b,)}, "dedicated",
           f"dedicated single-precision LSQ, {b}-bit") for b in (8, 6, 4, 2)),
+    # What the paper leaves open (METHOD.md §4-5): the ALRS variants and the KD rows.
+    Row("432-geometric-a2", "cifar10-resnet20-432", {"alrs": "geometric"}, "open",
+        "{4,3,2} + ALRS geometric 0.1^k (authors' code), Alg. A.2"),
+    Row("8642-alrs-gradterm-a2", "cifar10-resnet20", {"alrs_gradient_term": True}, "open",
+        "{8,6,4,2} + ALRS with the Eq. 6 gradient term (floored), Alg. A.2"),
+    Row("8642-alrs-pskd-a2", "cifar10-resnet20", {"kd": "pskd"}, "open",
+        "{8,6,4,2} + ALRS + PS-KD, Alg. A.2"),
 )
 
 

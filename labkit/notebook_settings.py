@@ -22,9 +22,9 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "paper": {"eval_images": None, "train_rows": "all", "memory_images": 128},
     },
     "04": {
-        "smoke": {"hessian_images": 32, "probes": 2, "eval_images": 128, "sweep_step": 1.0},
-        "laptop": {"hessian_images": 256, "probes": 3, "eval_images": 1000, "sweep_step": 0.25},
-        "paper": {"hessian_images": 1000, "probes": 7, "eval_images": None, "sweep_step": 0.05},
+        "smoke": {"hessian_images": 32, "probes": 2, "eval_images": 128, "sweep_step": 1.0, "neighbours": False},
+        "laptop": {"hessian_images": 256, "probes": 3, "eval_images": 1000, "sweep_step": 0.25, "neighbours": False},
+        "paper": {"hessian_images": 1000, "probes": 7, "eval_images": None, "sweep_step": 0.05, "neighbours": True},
     },
     "05": {
         "smoke": {"val_images": 16, "imagenette_images": 16},

@@ -25,9 +25,9 @@ def calibrate(model: torch.nn.Module, images: torch.Tensor, bits, batch_size: in
     """Set the activation scales of each bit-width from ``images`` and, with ``batch_norm``, re-estimate that
     bit-width's batch-norm statistics on them (cumulative average). No weight changes; batch norms of other
     bit-widths and of the FP32 layers keep their statistics."""
-    plain = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
-             and not any(m is n for s in model.modules() if isinstance(s, SwitchableBatchNorm2d) for n in s.per_bit.values())]
-    frozen = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in plain]
+    per_bit = {id(n) for s in model.modules() if isinstance(s, SwitchableBatchNorm2d) for n in s.per_bit.values()}
+    frozen = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+              for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and id(m) not in per_bit]
     for b in bits:
         set_bits(model, b)
         model.eval()

@@ -7,7 +7,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
-from labkit.convert import quantized_layers, set_bits, trained_bits
+from labkit.convert import get_bits, quantized_layers, set_bits, trained_bits
 from labkit.errors import BitWidthError, LabkitError
 from labkit.evaluate import fixed_subset
 from labkit.quant.ranges import check_bits, int_range
@@ -164,26 +164,11 @@ def fixed_eval_batch(dataset, size: int = 256, seed: int = 12345) -> tuple[torch
     return torch.stack(images)[order], torch.tensor(labels, dtype=torch.long)[order]
 
 
-def _layer_bits(model, bits) -> dict[str, int]:
-    """The full {layer: bits} that ``bits`` asks for, checked before anything changes (same rules as ``set_bits``)."""
-    layers = quantized_layers(model)
-    if not layers:
-        raise LabkitError("the model has no quantized layers; load an INT checkpoint (labkit.load_int) or call "
-                          "labkit.quantize_model(model) first.")
-    current = {name: layer.bits for name, layer in layers.items()}
-    if isinstance(bits, dict):
-        unknown = sorted(set(bits) - set(layers), key=str)
-        if unknown:
-            raise LabkitError(f"no quantized layer named {unknown}; the quantized layers are {list(layers)}.")
-        checked = {name: check_bits(value, allowed=layers[name].bit_set, name=f"bits[{name!r}]")
-                   for name, value in bits.items()}
-        return {**current, **checked}
-    value = check_bits(bits, allowed=trained_bits(model))
-    return {name: value for name in layers}
-
-
 def _check_layer(model, layer) -> str:
     names = list(quantized_layers(model))
+    if not names:
+        raise LabkitError("the model has no quantized layers; load an INT checkpoint (labkit.load_int) or call "
+                          "labkit.quantize_model(model) first.")
     if layer is None:
         return names[0]
     if layer not in names:
@@ -259,14 +244,14 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
     ({layer: ‖Ŵ_b − W_ref‖ / ‖W_ref‖}), ``quant_error_reference``, ``changed``, ``compared_to`` and ``readout``
     (HTML).
     """
-    layer_bits = _layer_bits(model, bits)
     shown = _check_layer(model, layer)
     if isinstance(reference, torch.nn.Module):
         reference = reference.state_dict()
     images, labels = torch.as_tensor(images), torch.as_tensor(labels).reshape(-1).long().cpu()
     if images.shape[0] != labels.numel() or labels.numel() == 0:
         raise ValueError(f"images ({images.shape[0]}) and labels ({labels.numel()}) must be the same, non-zero number.")
-    set_bits(model, layer_bits)
+    set_bits(model, bits)  # checks everything before it changes anything (BitWidthError, LayerNameError)
+    layer_bits = get_bits(model)
     layers = quantized_layers(model)
 
     key = (id(images), tuple(images.shape), tuple(layer_bits.items()))

@@ -45,8 +45,8 @@ def _forward_kernel(x, scale, qmin: int, qmax: int, shift: int, rounding: str):
     """``x̂ = clip(second_round(round(x / s))) · s · 2^Δ`` (Eq. 1–3).
 
     Each step after the first works in place on the kernel's own intermediate (never on ``x``): the same
-    arithmetic with fewer allocations, ~0.5× the eager time on activation-sized tensors
-    (``benchmarks/suggestion_inplace_fakequant.py``).
+    arithmetic with fewer allocations, ~0.5× the eager time on activation-sized tensors (measured before
+    adoption; ``benchmarks/README.md``).
     """
     codes = shift_round_float((x * scale.reciprocal()).round_(), shift, rounding).clamp_(qmin, qmax)
     return codes.mul_(scale * (2.0 ** shift))

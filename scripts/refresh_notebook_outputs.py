@@ -1,7 +1,9 @@
 """Re-execute notebooks at the smoke profile and keep only the outputs nbval compares.
 
-Cells marked ``# NBVAL_CHECK_OUTPUT`` hold deterministic results whose committed outputs ``pytest --nbval-lax``
-compares; every other output is dropped so the repository holds no stale numbers. Usage::
+Cells tagged ``nbval-check-output`` (in the cell's metadata ``"tags"``: nbval's equivalent of a
+``# NBVAL_CHECK_OUTPUT`` comment, kept out of the source so students don't read it) hold deterministic results whose
+committed outputs ``pytest --nbval-lax`` compares; every other output is dropped so the repository holds no stale
+numbers. Usage::
 
     LABKIT_DATA=../shared/data python scripts/refresh_notebook_outputs.py notebooks/0*.ipynb
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
 
 
 def refresh(path: Path, timeout: int = 1800) -> int:
@@ -29,7 +31,7 @@ def strip_unchecked(notebook, path: Path) -> int:
     """Drop the outputs of unchecked cells; number the code cells (nbval skips unnumbered cells with outputs)."""
     kept = 0
     for number, cell in enumerate((c for c in notebook.cells if c.cell_type == "code"), start=1):
-        if cell.source.lstrip().startswith(MARK):
+        if CHECK_TAG in cell.metadata.get("tags", []):
             kept += 1
             cell.execution_count = number
             for output in cell.outputs:

@@ -140,17 +140,19 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantizedLayer)}
 
 
-def to_supernet(model: nn.Module) -> nn.Module:
+def to_supernet(model: nn.Module, example_input=None) -> nn.Module:
     """Replace every switchable BN by a :class:`TransitionalBatchNorm2d` (in place): the HASB SuperNet.
 
-    The predecessor of a layer is the quantized layer executed just before it (``plan["layers"]`` is in
-    execution order). Returns ``model``; its plan records ``"supernet": True``.
+    The predecessor of a layer is the quantized layer that produced the tensor it reads, found in the data flow
+    (:func:`labkit.hasb.graph.layer_predecessors`: torch.fx, or a forward pass of ``example_input`` where fx
+    cannot trace the model). Returns ``model``; its plan records ``"supernet": True``.
     """
+    from labkit.hasb.graph import layer_predecessors
+
     plan = getattr(model, "labkit_quant", None)
     if plan is None:
         raise ValueError("the model was not made by labkit.quantize_model; quantize it first.")
-    order = list(plan["layers"])
-    predecessor = {name: (order[i - 1] if i else None) for i, name in enumerate(order)}
+    predecessor = layer_predecessors(model, list(plan["layers"]), example_input=example_input)
     for name, module in list(model.named_modules()):
         if isinstance(module, SwitchableBatchNorm2d):
             _set_submodule(model, name, TransitionalBatchNorm2d.from_switchable(module, predecessor.get(module.source)))

@@ -2,9 +2,9 @@
 
 For each notebook in :data:`BROWSER_NOTEBOOKS` the test starts ``jupyter lab`` (loopback only, a random port,
 a known token, ``LABKIT_PROFILE=smoke``, fresh Jupyter config/data/runtime/settings dirs so nothing of the user's
-setup leaks in) on a temporary copy of ``notebooks/``, opens the notebook in Debian's ``chromium`` driven by
-Playwright for Python (``executable_path``: Playwright never downloads a browser here), runs all cells, then
-moves the widget's slider with the keyboard and checks that the readout text and the figure both change.
+setup leaks in) on a temporary copy of ``notebooks/``, opens the notebook in headless Chromium driven by
+Playwright for Python, runs all cells, then moves the widget's slider with the keyboard and checks that the
+readout text and the figure both change.
 
 The widgets carry stable CSS hooks (``labkit/widgets.py``): ``labkit-precision-slider`` on the slider,
 ``labkit-readout`` on the HTML readout and ``labkit-figure`` on the plotly ``FigureWidget``.
@@ -12,8 +12,10 @@ The widgets carry stable CSS hooks (``labkit/widgets.py``): ``labkit-precision-s
 Screenshots (before / after the move, or the state at a failure) go to ``test-artifacts/browser/``; their paths
 are printed and recorded as test properties (``--junitxml`` shows them).
 
-Needs ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` installs it) and the ``playwright`` Python
-package (in ``.[test]``). A missing one is a failure with the fix in its message, never a skip.
+The Chromium comes from :func:`labkit.browser.ensure_chromium` (``LABKIT_CHROMIUM``, one on ``PATH`` or
+Playwright's; else, as root, Debian's ``chromium`` package; else Playwright's own download), so the README's test
+command needs no separate browser set-up. The ``playwright`` Python package is in ``.[test]``. A browser that cannot
+be found or installed is a failure with the fix in its message, never a skip.
 """
 from __future__ import annotations
 
@@ -44,11 +46,9 @@ BROWSER_NOTEBOOKS: dict[str, str | None] = {
     "06_deployment": r"Accuracy \d+\.\d+ %",
 }
 
-CHROMIUM = Path(os.environ.get("LABKIT_CHROMIUM", "/usr/bin/chromium"))
 INSTALL_HINT = (
-    "the browser test needs Debian's chromium and the playwright Python package: "
-    "`apt-get install -y chromium` (as root; .ci/run does this) and `.venv/bin/pip install -e \".[test]\"`. "
-    "Playwright's own browser download is not used (set LABKIT_CHROMIUM to use another Chromium binary)."
+    "the browser test needs a Chromium (`.venv/bin/python -m labkit.browser` finds or installs one) and the "
+    "jupyterlab and playwright Python packages (`.venv/bin/pip install -e \".[test]\"`)."
 )
 
 # Bounded waits (seconds). The test takes ~30-40 s for notebook 01 on 2 busy CPU cores.
@@ -218,23 +218,38 @@ def lab_server(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ browser
 
 
+@pytest.fixture(scope="session")
+def chromium(request) -> Path:
+    """A Chromium binary, installed on first use when the machine has none (labkit.browser.ensure_chromium)."""
+    from labkit.browser import BrowserUnavailableError, ensure_chromium
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def progress(message: str) -> None:  # shown at once, even under pytest's output capture
+        with capture.global_and_fixture_disabled():
+            print(f"\n[browser] {message}", flush=True)
+
+    try:
+        return ensure_chromium(progress)
+    except BrowserUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture(scope="module")
-def browser():
-    """Headless Debian chromium driven by Playwright (never a Playwright-downloaded browser)."""
+def browser(chromium):
+    """Headless Chromium (the one :func:`chromium` provides) driven by Playwright."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         pytest.fail(f"playwright is not installed ({exc}); {INSTALL_HINT}")
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(f"no Chromium at {CHROMIUM}; {INSTALL_HINT}")
     args = ["--disable-dev-shm-usage", "--disable-gpu"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--no-sandbox")  # Chromium refuses to start its sandbox as root (CI containers)
     with sync_playwright() as pw:
         try:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args, timeout=60_000)
+            browser = pw.chromium.launch(executable_path=str(chromium), headless=True, args=args, timeout=60_000)
         except Exception as exc:  # noqa: BLE001 - the message says what to do
-            pytest.fail(f"could not launch {CHROMIUM} through Playwright: {exc}\n{INSTALL_HINT}")
+            pytest.fail(f"could not launch {chromium} through Playwright: {exc}\n{INSTALL_HINT}")
         try:
             yield browser
         finally:
@@ -404,11 +419,3 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
         print(f"\n[browser] {notebook}: readout {before_text!r} -> {after_text!r} "
               f"({time.monotonic() - started:.1f}s); screenshots: " + ", ".join(str(s) for s in shots))
 
-
-def test_ci_installs_the_browser():
-    """.ci/run installs Debian's chromium (not a Playwright download) before the tests, when it is missing."""
-    text = (ROOT / ".ci" / "run").read_text()
-    install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"
-    assert install in text, ".ci/run must install chromium for tests/test_browser.py"
-    assert text.index(install) < text.index("python -m pytest"), ".ci/run must install chromium before the tests"
-    assert "playwright install" not in text, "the browser comes from Debian, Playwright must not download one"

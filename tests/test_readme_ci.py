@@ -62,6 +62,14 @@ def test_ci_installs_the_way_the_readme_does():
     assert install in ci_command_lines()
 
 
+def test_ci_leaves_the_browser_to_the_test_command():
+    """The README's test command provisions Chromium itself (labkit.browser); .ci/run must not do it first, or CI
+    would no longer show that the command passes, as written, on a machine without a browser."""
+    text = "\n".join(ci_command_lines())
+    for setup in ("apt-get", "playwright install", "labkit.browser", "chromium"):
+        assert setup not in text, f".ci/run sets up the browser itself ({setup!r}): leave it to the test command"
+
+
 def test_ci_run_is_strict_bash_and_executable():
     text = CI_RUN.read_text()
     assert text.startswith("#!/usr/bin/env bash")

@@ -25,7 +25,9 @@ Loaders
     generator seeded with ``seed + epoch``, and every sample's random augmentation is drawn from its own seed
     derived from ``(seed, epoch, index)``. So the batches do not depend on the number of worker processes,
     and a run resumed mid-epoch (``start_batch=k``) sees exactly the batches ``k, k+1, ...`` that an
-    uninterrupted run would have seen, augmentations included.
+    uninterrupted run would have seen, augmentations included. CIFAR-10 is held in memory as one uint8 array
+    (:mod:`labkit.cifar_memory`), and its loader builds each batch as a whole with tensor operations: the same
+    batches, bit for bit, without decoding or augmenting images one by one.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import pickle
 import random
 import re
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -44,10 +47,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets, transforms
 
+from labkit.cifar_memory import CIFAR10InMemory, NotCifarSized, WholeBatchLoader, batch_source, fits_in_memory
 from labkit.config import DATA_ENV, data_root
 from labkit.errors import DataLayoutError, DataNotFoundError
 
 __all__ = [
+    "CIFAR10InMemory",
     "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -298,7 +303,8 @@ def _cifar10_torchvision(folder: Path, split: str, download: bool, transform: Ca
     return dataset
 
 
-def cifar10(split: str = "train", root=None, download: bool | None = None, transform: Callable | None = None):
+def cifar10(split: str = "train", root=None, download: bool | None = None, transform: Callable | None = None,
+            in_memory: bool | None = None):
     """CIFAR-10 ``split`` ("train" | "test") with labels airplane=0 ... truck=9.
 
     Reads the ImageFolder copy ``<root>/cifar10/<split>/<class>/*.jpg`` when that folder exists (``download``
@@ -306,13 +312,28 @@ def cifar10(split: str = "train", root=None, download: bool | None = None, trans
     downloads the data set on first use (``download`` defaults to True). ``root`` defaults to the data root
     (``$LABKIT_DATA``); ``transform`` defaults to :func:`cifar10_transforms` for the split. Raises
     DataNotFoundError when neither copy is there and nothing could be downloaded.
+
+    ``in_memory``: the ImageFolder copy is decoded once into one uint8 array (:class:`CIFAR10InMemory`, cached
+    on disk, see :mod:`labkit.cifar_memory`) -- by default (None) whenever it fits in memory, always with True,
+    never with False (a plain :class:`ImageFolderRGB` that decodes every image when it is loaded). Items are
+    the same either way; :func:`make_loader` builds whole batches of an in-memory copy (and of torchvision's
+    copy, which is in memory already) with tensor operations.
     """
     _check_choice("split", split, ("train", "test"))
     root = _resolve_root(root)
     folder = root / "cifar10"
     transform = cifar10_transforms(train=split == "train") if transform is None else transform
     if (folder / split).exists():
-        return _cifar10_image_folder(folder, split, transform, root)
+        dataset = _cifar10_image_folder(folder, split, transform, root)
+        if in_memory is False or (in_memory is None and not fits_in_memory(len(dataset) * 32 * 32 * 3)):
+            return dataset
+        try:
+            return CIFAR10InMemory(dataset)
+        except NotCifarSized as error:
+            if in_memory:
+                raise DataLayoutError(f"{error}: in_memory=True holds 32x32 images only; use in_memory=False.") from None
+            warnings.warn(f"{error}; CIFAR-10 is read image by image (in_memory=False).", stacklevel=2)
+            return dataset
     return _cifar10_torchvision(folder, split, True if download is None else download, transform, root)
 
 
@@ -605,6 +626,24 @@ def _replicas(distributed: bool, num_replicas: int | None, rank: int | None) -> 
     return torch.distributed.get_world_size(), torch.distributed.get_rank()
 
 
+class _WithIndex(Dataset):
+    """Item i is ``(*dataset[i], i)``; attributes are those of the wrapped data set."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return (*self.dataset[index], index)
+
+    def __getattr__(self, name: str):
+        if name == "dataset" or name.startswith("__"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -619,8 +658,10 @@ def make_loader(
     num_replicas: int | None = None,
     rank: int | None = None,
     pin_memory: bool | None = None,
-) -> DataLoader:
-    """A DataLoader whose batches depend only on ``(seed, epoch)`` -- not on ``workers``.
+    with_index: bool = False,
+    whole_batches: bool | None = None,
+) -> DataLoader | WholeBatchLoader:
+    """A loader whose batches depend only on ``(seed, epoch)`` -- not on ``workers``.
 
     ``train``: shuffle (generator seeded with ``seed + epoch``) and drop the last incomplete batch; else the
     data set order, every sample kept. ``subset``: a fixed random subset of that many samples, chosen by
@@ -630,12 +671,19 @@ def make_loader(
     as with DistributedSampler. ``start_batch``:
     resume mid-epoch: skip this epoch's first ``start_batch`` batches without loading them, so the loader
     yields exactly batches ``start_batch, ...`` of the full pass. For the next epochs call
-    ``loader.sampler.set_epoch(e)`` (or build a new loader with ``epoch=e``).
+    ``loader.sampler.set_epoch(e)`` (or build a new loader with ``epoch=e``). ``with_index``: every batch
+    also carries the data set indices of its samples, ``(images, labels, indices)``.
 
     ``workers`` defaults to :func:`default_workers`; with workers each one is seeded (``random``, NumPy,
     torch) from ``(seed, epoch, worker id)`` and kept alive across epochs. Random torchvision augmentations
     are drawn per sample from a seed of ``(seed, epoch, index)`` (see :class:`SeededSamples`).
     ``loader.dataset`` is the wrapped data set; its attributes (``classes``, ...) pass through.
+
+    Whole batches: for CIFAR-10 in memory (:class:`CIFAR10InMemory`, or torchvision's CIFAR10) with the
+    standard pipeline, the loader is a :class:`~labkit.cifar_memory.WholeBatchLoader` by default
+    (``whole_batches=None``): each batch is gathered, cropped, flipped and normalised as one tensor in this
+    process (``workers`` unused), with the same order, the same random draws and the same tensors, bit for
+    bit, as the per-image DataLoader (``whole_batches=False``). ``whole_batches=True`` requires it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
@@ -652,13 +700,23 @@ def make_loader(
             f"{sampler.samples_per_rank} training samples per rank give no full batch of {batch_size} (the last "
             "incomplete batch is dropped in training); use a larger subset or a smaller batch_size."
         )
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    source = batch_source(dataset) if whole_batches is not False else None
+    if whole_batches and source is None:
+        raise ValueError(
+            "whole_batches=True needs CIFAR-10 in memory with its standard pipeline (cifar10(split) with the default "
+            f"transform); this data set is a {type(dataset).__name__}. Use whole_batches=None to fall back."
+        )
+    if source is not None:
+        return WholeBatchLoader(dataset, source, sampler, batch_size, drop_last=train, with_index=with_index,
+                                pin_memory=pin_memory)
     return DataLoader(
-        SeededSamples(dataset),
+        SeededSamples(_WithIndex(dataset) if with_index else dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         drop_last=train,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin_memory,
         worker_init_fn=functools.partial(_seed_worker, seed=seed, epoch=epoch) if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed + epoch),
         persistent_workers=workers > 0,

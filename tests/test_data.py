@@ -435,8 +435,8 @@ def test_default_workers_leave_a_core_free():
 
 
 def test_real_cifar_loader_with_workers_is_deterministic_and_resumable(cifar_train):
-    def loader(**kwargs):
-        return data.make_loader(cifar_train, 8, train=True, seed=0, subset=48, workers=2, **kwargs)
+    def loader(**kwargs):  # the per-image DataLoader (whole batches: tests/test_memory_loader.py)
+        return data.make_loader(cifar_train, 8, train=True, seed=0, subset=48, workers=2, whole_batches=False, **kwargs)
 
     first = list(loader())
     assert len(first) == 6 and first[0][0].shape == (8, 3, 32, 32) and first[0][1].dtype == torch.int64

@@ -232,9 +232,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     values = sorted(set(summary["bits"].values()), reverse=True)
     average = sum(summary["bits"].values()) / len(summary["bits"])
     bits_text = f"{values[0]}-bit" if len(values) == 1 else f"mixed {values} bits, average {average:.2f}"
-    print(f"wrote {out} ({summary['bytes'] / 1024:.1f} KiB, {bits_text}): {summary['quantize_linear']} QuantizeLinear, "
-          f"{summary['dequantize_linear']} DequantizeLinear, {summary['clip']} Clip, {summary['int8_weights']} int8 "
-          f"weight tensors ({summary['int8_weight_values']} codes)")
+    types = ", ".join(f"{count} {kind.upper()}" for kind, count in sorted(summary["weight_types"].items()))
+    print(f"wrote {out} ({summary['bytes'] / 1024:.1f} KiB, {bits_text}, opset {summary['opset']}): "
+          f"{summary['quantize_linear']} QuantizeLinear, {summary['dequantize_linear']} DequantizeLinear, "
+          f"{summary['clip']} Clip; weight tensors {types} ({summary['weight_values']} codes in "
+          f"{summary['weight_bytes'] / 1024:.1f} KiB)")
     if args.check:
         batches, described = _check_batches(arch_name, run_dataset, args.check, default_example_input(model))
         result = verify_onnx(model, out, batches, bits=summary["bits"])
@@ -253,8 +255,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export one precision of a checkpoint to ONNX (QuantizeLinear/DequantizeLinear)",
         description="Write one precision (uniform or mixed per layer) of an INT checkpoint or run folder as an ONNX "
-        "QDQ graph: int8 weight codes derived from the stored integers -> DequantizeLinear, activations through "
-        "QuantizeLinear -> Clip -> DequantizeLinear. --check N compares it with PyTorch in onnxruntime on N test "
+        "QDQ graph: INT8/INT4/INT2 weight codes derived from the stored integers -> DequantizeLinear, activations "
+        "through QuantizeLinear -> Clip -> DequantizeLinear. --check N compares it with PyTorch in onnxruntime on N test "
         "images (random inputs when the data set is not available).",
     )
     p.add_argument("checkpoint", help="run folder or .safetensors INT checkpoint")
@@ -262,7 +264,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    "mixed precision, or a .json file with {layer: bits}")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--check", type=int, default=0, metavar="N", help="verify on N images in onnxruntime")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 13..25 (default: the lowest that holds the "
+                   "weight types: 17 for INT8, 21 for INT4 (3-4 bits), 25 for INT2 (2 bits); below 21 every weight is "
+                   "stored as INT8)")
     p.add_argument("--weight-sign", choices=("keep", "fold"), default="keep",
                    help="keep: int8 codes exactly as the model's, negative learned scales kept (default); fold: store "
                    "(-q, -s) so every scale is positive (not possible at 8 bits when a channel holds code -128)")

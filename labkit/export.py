@@ -5,11 +5,14 @@ deployment runs *one* precision. :func:`export_onnx` picks it (uniform, ``bits=4
 ``bits={"layer1.0.conv1": 8, ...}``) and writes an ONNX graph in the standard QDQ form that runtimes
 such as onnxruntime, TensorRT or OpenVINO turn into integer kernels:
 
-- **weights** (METHOD.md §1, Eq. 1–3): each quantized layer's weight is an ``int8`` initializer holding the
+- **weights** (METHOD.md §1, Eq. 1–3): each quantized layer's weight is an integer initializer holding the
   l-bit codes ``q_l = clip(round(q_h / 2^Δ))`` that the integer second rounding (Eq. 2,
   :func:`labkit.quant.double_round`) derives from the stored INT-h codes ``q_h`` — the same integers the
   PyTorch model uses, never floats quantized again — followed by ``DequantizeLinear`` with the tied
-  per-output-channel scale ``s_h · 2^Δ`` (Eq. 3), ``axis=0`` and zero point 0;
+  per-output-channel scale ``s_h · 2^Δ`` (Eq. 3), ``axis=0`` and zero point 0. The initializer has the
+  narrowest ONNX integer type that holds the codes: ``INT2`` (opset 25) for 2-bit, ``INT4`` (opset 21) for
+  3- and 4-bit, ``INT8`` otherwise (ONNX has no 6-bit type), so the weights of a 4-bit file take half and
+  of a 2-bit file a quarter of the bytes of the 8-bit one (ONNX packs INT4 two and INT2 four to a byte);
 - **activations** (METHOD.md §2, Eq. 4–5): each quantized layer's input goes through
   ``QuantizeLinear → Clip → DequantizeLinear`` with the scale ``s_b`` of its bit-width b.
 
@@ -26,7 +29,9 @@ rounded to a whole number, which changes the result, so the graph computes it ex
 ``Sub(β) → QuantizeLinear(int8, zero point 0) → Clip → DequantizeLinear → Add(β)``.
 
 Two limits follow from the 8-bit QDQ types: layers must run at 8 bits or fewer (``BitWidthError``
-otherwise), and the integer codes of the weights must fit ``int8``. Rounding: ``QuantizeLinear`` rounds
+otherwise), and the integer codes of the weights must fit ``int8``. The opset is the lowest that holds the
+weight types (17, 21 with INT4, 25 with INT2); an explicit lower opset keeps every weight in ``int8``, for
+runtimes that read no INT4/INT2 (the file is then as large as the 8-bit one). Rounding: ``QuantizeLinear`` rounds
 half to even, as ``torch.round`` in the lab's quantizers does; it divides by the scale where the lab
 multiplies by ``1 / s``, so a value within one float ulp of a rounding boundary may land on the
 neighbouring code (about one code in 10^7; :func:`verify_onnx` counts them).
@@ -59,10 +64,13 @@ from labkit.errors import BitWidthError, LabkitError
 from labkit.nn import QConv2d, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
 from labkit.quant.ranges import check_bits, int_range
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 17  # the opset of an all-int8 graph (what every current runtime reads)
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis=0) needs opset 13
-MAX_OPSET = 20  # the TorchScript-based exporter's highest opset in torch 2.14
+TORCH_MAX_OPSET = 20  # the TorchScript-based exporter's highest opset in torch 2.14; above it onnx converts
+MAX_OPSET = 25  # INT2 tensors (onnx >= 1.20); onnxruntime 1.32 runs DequantizeLinear on them
 MAX_EXPORT_BITS = 8  # QDQ with int8 / uint8 tensors
+# ONNX integer types for the weight codes, narrowest first: (name, signed range, first opset that has it).
+WEIGHT_TYPES = (("int2", -2, 1, 25), ("int4", -8, 7, 21), ("int8", -128, 127, MIN_OPSET))
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 _IMAGE_SIZE_OF_MODEL = {"resnet20": 32, "preact_resnet20": 32, "resnet18": 224, "resnet50": 224,
@@ -131,6 +139,25 @@ def fold_weight_sign(codes: torch.Tensor, step: torch.Tensor) -> tuple[torch.Ten
     return torch.where(view, -codes, codes), torch.where(foldable, -step, step), int((negative & ~foldable).sum())
 
 
+def _check_dequantization(layer: QuantizedLayer, name: str, codes: torch.Tensor, step: torch.Tensor) -> None:
+    """Refuse a layer whose own dequantized weight is not ``codes · step`` (what DequantizeLinear computes).
+
+    The export reads the quantizer's own dequantization (:meth:`QuantizedLayer.quantized_weight`) rather than
+    assuming Eq. 3: a scheme that dequantizes elsewhere in the cell (e.g. at its centre, ``(q + ½) · step``)
+    would be exported wrong by a zero-point-0 ``DequantizeLinear``. Float noise is far below a quarter step.
+    """
+    with torch.no_grad():
+        own = layer.quantized_weight().detach().to(step.dtype)
+    dequantized = codes.to(step.dtype) * step.view(-1, *([1] * (codes.dim() - 1)))
+    tolerance = 0.25 * step.abs().view(-1, *([1] * (codes.dim() - 1)))
+    if own.shape != dequantized.shape or bool(((own - dequantized).abs() > tolerance).any()):
+        raise LabkitError(
+            f"layer {name!r} (method={layer.method!r}) dequantizes its {layer.bits}-bit weights differently from "
+            "codes x step, which is all a zero-point-0 ONNX DequantizeLinear computes; this method cannot be "
+            "exported as QDQ (export a Double Rounding model, rounding 'half_even' or 'half_up')."
+        )
+
+
 class ExportQuantizedLayer(nn.Module):
     """One quantized conv/linear layer frozen at one bit-width, written with QDQ-mapped ops.
 
@@ -156,6 +183,7 @@ class ExportQuantizedLayer(nn.Module):
                     "-128, so (-q, -s) does not fit int8; export with weight_sign='keep' (exact, negative scales) "
                     "or at a lower bit-width."
                 )
+        _check_dequantization(layer, name, codes, step)
         if codes.numel() and (int(codes.min()) < -128 or int(codes.max()) > 127):
             raise BitWidthError(
                 f"layer {name!r} has {bits}-bit weight codes in [{int(codes.min())}, {int(codes.max())}], which do "
@@ -308,7 +336,7 @@ def _bits_summary(bits: dict[str, int]) -> int | dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_onnx(model: nn.Module, path, bits=None, example_input: torch.Tensor | None = None,
-                opset: int = DEFAULT_OPSET, weight_sign: str = "keep") -> Path:
+                opset: int | None = None, weight_sign: str = "keep") -> Path:
     """Write one precision of a quantized model as an ONNX QDQ graph; return the path.
 
     Args:
@@ -320,7 +348,11 @@ def export_onnx(model: nn.Module, path, bits=None, example_input: torch.Tensor |
             bit-width), as :func:`labkit.set_bits` takes it. At most 8 bits (int8/uint8 QDQ).
         example_input: one input batch that fixes the graph's input shape (the batch axis stays dynamic);
             by default ``1×3×32×32`` for CIFAR models and ``1×3×224×224`` for ImageNet models.
-        opset: ONNX opset, 13 to 20 (13 is the first with per-channel ``DequantizeLinear``).
+        opset: ``None`` (default): the lowest opset that holds the narrowest weight types — 17 for an
+            all-int8 graph, 21 when a layer stores ``INT4`` codes, 25 for ``INT2``. An explicit opset from 13
+            (the first with per-channel ``DequantizeLinear``) to 25 limits the weight types to what it has
+            (int8 below 21, INT4 from 21, INT2 from 25). Graphs above opset 20 are written at 20 by torch
+            and converted by ``onnx.version_converter`` (the ops used have no semantic change up to 25).
         weight_sign: what to do with channels whose learned weight scale went negative in training.
             ``"keep"`` (default): the int8 initializers are exactly the model's l-bit codes and the
             scales keep their sign (valid ONNX; onnxruntime runs it exactly). ``"fold"``: store
@@ -328,10 +360,11 @@ def export_onnx(model: nn.Module, path, bits=None, example_input: torch.Tensor |
             codes lie in the mirrored range ``[−2^(l−1) + 1, 2^(l−1)]`` and a channel holding code −128
             at 8 bits cannot be folded (LabkitError). See :func:`fold_weight_sign`.
 
-    The graph: weights as int8 l-bit codes from the stored INT-h codes (METHOD.md Eq. 2) →
+    The graph: weights as INT2/INT4/INT8 l-bit codes from the stored INT-h codes (METHOD.md Eq. 2) →
     ``DequantizeLinear`` (per-channel scale ``s_h · 2^Δ``, Eq. 3, axis 0); inputs of quantized layers
     through ``QuantizeLinear → Clip → DequantizeLinear`` with their per-bit scale (Eq. 4–5). Input
-    ``"input"``, output ``"logits"``; the metadata ``labkit.bits`` holds the per-layer bit-widths.
+    ``"input"``, output ``"logits"``; the metadata ``labkit.bits`` holds the per-layer bit-widths and
+    ``labkit.weight_types`` the ONNX type of each layer's weight codes.
     See the module docstring for why the result is exact.
 
     Raises:
@@ -341,8 +374,7 @@ def export_onnx(model: nn.Module, path, bits=None, example_input: torch.Tensor |
     import onnx
 
     _check_quantized(model)
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LabkitError(f"opset={opset!r} is not supported; pass an ONNX opset from {MIN_OPSET} to {MAX_OPSET}.")
+    check_opset(opset)
     wanted = _checked_bits(model, bits)
     if example_input is None:
         example_input = default_example_input(model)
@@ -355,24 +387,112 @@ def export_onnx(model: nn.Module, path, bits=None, example_input: torch.Tensor |
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        _write_graph(view, example_input, temporary, opset)
-        graph = onnx.load(temporary)
+        codes = {name: layer.weight_codes for name, layer in view.named_modules()
+                 if isinstance(layer, ExportQuantizedLayer)}
+        types = {name: narrowest_weight_type(values, opset) for name, values in codes.items()}
+        target = opset if opset is not None else max(
+            [DEFAULT_OPSET] + [next(t[3] for t in WEIGHT_TYPES if t[0] == kind) for kind in types.values()])
+        _write_graph(view, example_input, temporary, min(target, TORCH_MAX_OPSET))
+        graph = at_opset(onnx.load(temporary), target)
+        narrow_weight_initializers(graph, {f"{name}.weight_codes": kind for name, kind in types.items()})
         plan = getattr(model, "labkit_quant", None) or {}
-        metadata = {"labkit.bits": json.dumps(wanted), "labkit.method": str(plan.get("method", "")),
+        metadata = {"labkit.bits": json.dumps(wanted), "labkit.weight_types": json.dumps(types),
+                    "labkit.method": str(plan.get("method", "")),
                     "labkit.rounding": str(plan.get("rounding", "")),
                     "labkit.bit_set": json.dumps(plan.get("bits", [])),
                     "labkit.weight_sign": weight_sign, "labkit.negative_weight_scales": str(negative)}
         for key, value in metadata.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
-        graph.doc_string = (f"labkit Double Rounding QDQ export at bits={_bits_summary(wanted)} (weights: int8 "
-                            "codes -> DequantizeLinear; activations: QuantizeLinear -> Clip -> DequantizeLinear)")
+        graph.doc_string = (f"labkit Double Rounding QDQ export at bits={_bits_summary(wanted)} (weights: "
+                            "INT2/INT4/INT8 codes -> DequantizeLinear; activations: QuantizeLinear -> Clip -> "
+                            "DequantizeLinear)")
         onnx.save(graph, temporary)
         os.replace(temporary, path)  # a failed export leaves no half-written file behind
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def check_opset(opset) -> None:
+    """``None`` (choose from the weight types) or a whole opset from 13 to 25, else a LabkitError."""
+    if opset is None:
+        return
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LabkitError(f"opset={opset!r} is not supported; pass an ONNX opset from {MIN_OPSET} to {MAX_OPSET} "
+                          "(or leave it out: the lowest opset that holds the weight types).")
+
+
+def narrowest_weight_type(codes: torch.Tensor, opset: int | None = None) -> str:
+    """The narrowest ONNX integer type (``"int2"``, ``"int4"``, ``"int8"``) holding every code, within ``opset``.
+
+    ``opset=None`` allows every type (the export then raises its opset to the one the type needs).
+    """
+    lowest, highest = (int(codes.min()), int(codes.max())) if codes.numel() else (0, 0)
+    for kind, type_min, type_max, first_opset in WEIGHT_TYPES:
+        if type_min <= lowest and highest <= type_max and (opset is None or opset >= first_opset):
+            return kind
+    raise BitWidthError(f"weight codes in [{lowest}, {highest}] do not fit int8.")
+
+
+def at_opset(graph, opset: int):
+    """``graph`` (an ``onnx.ModelProto``) converted to ``opset``, with the IR version that opset needs."""
+    import onnx
+    from onnx import version_converter
+
+    current = next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset != current:
+        graph = version_converter.convert_version(graph, opset)
+        graph.graph.ClearField("value_info")  # the converter's inferred shapes: not needed, ~8 % of a 2-bit file
+    graph.ir_version = max(graph.ir_version, onnx.helper.find_min_ir_version_for(list(graph.opset_import)))
+    return graph
+
+
+def _packed_tensor(name: str, values, kind: str):
+    """An initializer of ONNX type ``kind`` holding the integers ``values``, packed in ``raw_data``."""
+    import ml_dtypes  # onnx's own dependency for its 4- and 2-bit types
+    import numpy as np
+    from onnx import numpy_helper
+
+    dtype = {"int2": ml_dtypes.int2, "int4": ml_dtypes.int4, "int8": np.int8}[kind]
+    return numpy_helper.from_array(np.asarray(values).astype(np.int8).astype(dtype), name)
+
+
+def narrow_weight_initializers(graph, kinds: Mapping[str, str]) -> None:
+    """Store each named int8 weight initializer as the ONNX type ``kinds[name]``, in place.
+
+    The codes are unchanged (INT4 / INT2 tensors are packed two / four to a byte in ``raw_data``); the
+    ``DequantizeLinear`` that reads the codes gets a zero point of the same type (ONNX requires it), a
+    fresh initializer ``<name>_zero_point``, and constants no node reads any more are dropped.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.graph.initializer}
+    for name, kind in kinds.items():
+        if kind == "int8":
+            continue
+        values = numpy_helper.to_array(initializers[name])
+        initializers[name].CopyFrom(_packed_tensor(name, values, kind))
+        readers = [node for node in graph.graph.node if node.op_type == "DequantizeLinear" and node.input[0] == name]
+        zero_name = f"{name}_zero_point"
+        channels = values.shape[0] if values.ndim else 1
+        graph.graph.initializer.append(_packed_tensor(zero_name, np.zeros(channels, np.int8), kind))
+        for node in readers:
+            if len(node.input) >= 3:
+                node.input[2] = zero_name
+            else:
+                node.input.append(zero_name)
+    _drop_unused_constants(graph)
+
+
+def _drop_unused_constants(graph) -> None:
+    used = {name for node in graph.graph.node for name in node.input} | {o.name for o in graph.graph.output}
+    for node in [n for n in graph.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.graph.node.remove(node)
+    for init in [i for i in graph.graph.initializer if i.name not in used]:
+        graph.graph.initializer.remove(init)
 
 
 def _write_graph(view: nn.Module, example_input: torch.Tensor, path: str, opset: int) -> None:
@@ -393,26 +513,44 @@ def _write_graph(view: nn.Module, example_input: torch.Tensor, path: str, opset:
 
 
 def qdq_summary(path) -> dict:
-    """Counts in an exported graph: ``QuantizeLinear``/``DequantizeLinear``/``Clip`` nodes, int8 weight initializers.
+    """Counts in an exported graph: ``QuantizeLinear``/``DequantizeLinear``/``Clip`` nodes and integer weights.
 
-    Also the per-layer bits stored in its metadata (``{}`` for a graph not written by :func:`export_onnx`).
+    ``weight_types`` counts the integer weight initializers (more than one dimension) by ONNX type,
+    ``weight_values`` their codes and ``weight_bytes`` the bytes they take in the file (INT4 / INT2 packed);
+    ``int8_weights`` / ``int8_weight_values`` the int8 ones alone. Also the opset, the per-layer bits stored in
+    the metadata (``{}`` for a graph not written by :func:`export_onnx`) and the file size ``bytes``.
     """
     import onnx
 
     graph = onnx.load(str(path))
     ops = [node.op_type for node in graph.graph.node]
-    int8 = [init for init in graph.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) > 1]
+    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT4: "int4", onnx.TensorProto.INT2: "int2"}
+    weights = [init for init in graph.graph.initializer if init.data_type in names and len(init.dims) > 1]
+    int8 = [init for init in weights if init.data_type == onnx.TensorProto.INT8]
     metadata = {entry.key: entry.value for entry in graph.metadata_props}
+    types: dict[str, int] = {}
+    for init in weights:
+        types[names[init.data_type]] = types.get(names[init.data_type], 0) + 1
     return {
         "quantize_linear": ops.count("QuantizeLinear"),
         "dequantize_linear": ops.count("DequantizeLinear"),
         "clip": ops.count("Clip"),
+        "weight_types": types,
+        "weight_values": sum(int(torch.Size(init.dims).numel()) for init in weights),
+        "weight_bytes": sum(_tensor_bytes(init) for init in weights),
         "int8_weights": len(int8),
         "int8_weight_values": sum(int(torch.Size(init.dims).numel()) for init in int8),
+        "opset": next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")),
         "bits": json.loads(metadata.get("labkit.bits", "{}")),
+        "weight_type_of_layer": json.loads(metadata.get("labkit.weight_types", "{}")),
         "negative_weight_scales": int(metadata.get("labkit.negative_weight_scales", "0")),
         "bytes": Path(path).stat().st_size,
     }
+
+
+def _tensor_bytes(init) -> int:
+    """Bytes an integer initializer's values take in the file (INT4 / INT2 packed in ``raw_data``)."""
+    return len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
 
 
 # ---------------------------------------------------------------------------------------------- verify

@@ -47,12 +47,34 @@ def initializers(path) -> dict[str, np.ndarray]:
     return {init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer}
 
 
+ONNX_TYPE = {"int8": onnx.TensorProto.INT8, "int4": onnx.TensorProto.INT4, "int2": onnx.TensorProto.INT2}
+TYPE_RANGE = {"int8": (-128, 127), "int4": (-8, 7), "int2": (-2, 1)}
+
+
+def expected_weight_type(bits: int, weight_sign: str = "keep") -> str:
+    """The narrowest ONNX type of the l-bit codes: signed l-bit range, or its mirror (one higher) when folded."""
+    highest = 2 ** (bits - 1) - (0 if weight_sign == "fold" else 1)
+    return next(kind for kind in ("int2", "int4", "int8") if highest <= TYPE_RANGE[kind][1])
+
+
+def unpack_codes(init) -> np.ndarray:
+    """Signed integers from an initializer's raw bytes by hand: ONNX packs INT4 two and INT2 four to a byte,
+    lowest bits first, two's complement (onnx IR spec, "4-bit/2-bit integer types")."""
+    raw = np.frombuffer(init.raw_data, np.uint8)
+    width = {onnx.TensorProto.INT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.INT2: 2}[init.data_type]
+    count = int(np.prod(init.dims))
+    per_byte = 8 // width
+    fields = np.stack([(raw >> (width * k)) & ((1 << width) - 1) for k in range(per_byte)], axis=1).reshape(-1)
+    fields = fields[:count].astype(np.int64)
+    return np.where(fields >= 1 << (width - 1), fields - (1 << width), fields).reshape(tuple(init.dims))
+
+
 def second_round_numpy(stored: np.ndarray, bits: int) -> np.ndarray:
     """Eq. 2 by numpy: clip(round_half_even(q_8 / 2^(8-l)), -2^(l-1), 2^(l-1) - 1)."""
     return np.clip(np.round(stored.astype(np.float64) / 2.0 ** (8 - bits)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
-def check_graph(path, bits: dict[str, int], model, weight_sign: str = "keep") -> None:
+def check_graph(path, bits: dict[str, int], model, weight_sign: str = "keep", kinds: str | None = None) -> None:
     """QDQ node counts, and int8 initializers equal to the model's l-bit codes (Eq. 2) and steps (Eq. 3)."""
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
@@ -61,13 +83,18 @@ def check_graph(path, bits: dict[str, int], model, weight_sign: str = "keep") ->
     assert summary["quantize_linear"] == len(bits)  # one per quantized activation
     assert summary["dequantize_linear"] == 2 * len(bits)  # activation + weight
     assert summary["clip"] == narrow  # b < 8 narrows the 8-bit type exactly
-    assert summary["int8_weights"] == len(bits)
+    assert sum(summary["weight_types"].values()) == len(bits)
     assert summary["bits"] == bits
     tensors = initializers(path)
+    stored = {init.name: init for init in graph.graph.initializer}
     layers = labkit.quantized_layers(model)
     for name, b in bits.items():
-        codes, step = tensors[f"{name}.weight_codes"], tensors[f"{name}.weight_step"]
-        assert codes.dtype == np.int8 and step.dtype == np.float32
+        kind = kinds or expected_weight_type(b, weight_sign)
+        assert stored[f"{name}.weight_codes"].data_type == ONNX_TYPE[kind]
+        assert summary["weight_type_of_layer"][name] == kind
+        codes, step = unpack_codes(stored[f"{name}.weight_codes"]), tensors[f"{name}.weight_step"]
+        np.testing.assert_array_equal(codes, tensors[f"{name}.weight_codes"].astype(np.int64))  # onnx reads the same
+        assert step.dtype == np.float32
         quantizer = layers[name].weight_quantizer
         expected_codes = second_round_numpy(quantizer.stored_codes.numpy(), b)
         expected_step = quantizer.scale.detach().numpy() * np.float32(2.0 ** (8 - b))
@@ -98,6 +125,29 @@ def test_uniform_precision_matches_pytorch(resnet, images, tmp_path, bits):
     assert result["activation_code_mismatches"] <= 1e-6 * result["activation_codes"]
     if "onnx_top1" in result:
         assert abs(result["onnx_top1"] - result["torch_top1"]) <= 0.01
+
+
+def test_low_bit_files_shrink(resnet, tmp_path):
+    """INT4 / INT2 initializers (opset 21 / 25): weight bytes 1/2 and 1/4 of the 8-bit export's, files smaller."""
+    summaries = {bits: qdq_summary(export_onnx(resnet, tmp_path / f"w{bits}.onnx", bits=bits)) for bits in (8, 6, 4, 2)}
+    values = summaries[8]["weight_values"]
+    assert values == sum(layer.weight.numel() for layer in labkit.quantized_layers(resnet).values())
+    assert {bits: s["opset"] for bits, s in summaries.items()} == {8: 17, 6: 17, 4: 21, 2: 25}
+    assert {bits: s["weight_types"] for bits, s in summaries.items()} == {
+        8: {"int8": LAYERS}, 6: {"int8": LAYERS}, 4: {"int4": LAYERS}, 2: {"int2": LAYERS}}
+    assert summaries[8]["weight_bytes"] == values
+    assert summaries[4]["weight_bytes"] == values // 2 and summaries[2]["weight_bytes"] == values // 4
+    # the 6-bit graph has the same nodes as the 4- and 2-bit ones (a Clip per activation), int8 weights:
+    # the files differ by the weight bytes saved, within a few hundred bytes of zero-point bookkeeping
+    assert summaries[8]["bytes"] > summaries[4]["bytes"] > summaries[2]["bytes"]
+    assert abs(summaries[6]["bytes"] - summaries[4]["bytes"] - values // 2) < 2048
+    assert abs(summaries[4]["bytes"] - summaries[2]["bytes"] - values // 4) < 2048
+    # an explicit opset below 21 keeps int8 storage (for runtimes without INT4), same codes
+    old = export_onnx(resnet, tmp_path / "w4-opset17.onnx", bits=4, opset=17)
+    assert qdq_summary(old)["weight_types"] == {"int8": LAYERS} and qdq_summary(old)["opset"] == 17
+    check_graph(old, {name: 4 for name in labkit.quantized_layers(resnet)}, resnet, weight_sign="keep", kinds="int8")
+    four = export_onnx(resnet, tmp_path / "w2-opset21.onnx", bits=2, opset=21)
+    assert qdq_summary(four)["weight_types"] == {"int4": LAYERS}
 
 
 def test_mixed_precision(resnet, images, tmp_path):
@@ -143,6 +193,17 @@ def test_dequantized_weights_equal_the_model(resnet, tmp_path, bits, weight_sign
     negative = sum(int((layer.weight_quantizer.scale < 0).sum()) for layer in labkit.quantized_layers(resnet).values())
     assert negative > 0
     assert qdq_summary(path)["negative_weight_scales"] == (negative if weight_sign == "keep" else 0)
+
+
+def test_a_layer_dequantized_off_the_grid_is_refused(tmp_path, monkeypatch):
+    """The export reads the quantizer's own dequantization: one at the cell centre, (q + 1/2) * step, is refused."""
+    model = labkit.load_int(CHECKPOINT)
+    layer = labkit.quantized_layers(model)["layer2.1.conv1"]
+    codes, step = layer.weight_codes()
+    centre = (codes.float() + 0.5) * step.view(-1, 1, 1, 1)
+    monkeypatch.setattr(layer, "quantized_weight", lambda: centre)  # kept by the export's deep copy
+    with pytest.raises(LabkitError, match="layer2.1.conv1.*dequantizes"):
+        export_onnx(model, tmp_path / "centre.onnx", bits=8)
 
 
 def test_fold_is_refused_where_int8_cannot_hold_it(resnet, tmp_path):
@@ -205,7 +266,7 @@ def test_signed_activations_with_offset(tiny, tmp_path, bits):
     zero_points = [node.attribute[0].t.data_type for node in graph.graph.node if node.op_type == "Constant"
                    and node.attribute[0].t.dims == [] and node.attribute[0].t.data_type in eight_bit]
     assert onnx.TensorProto.INT8 in zero_points and onnx.TensorProto.UINT8 in zero_points
-    assert initializers(path)["fc1.weight_codes"].dtype == np.int8
+    assert qdq_summary(path)["weight_types"] == {"int8" if bits == 8 else "int4": 3}  # conv1, conv2, fc1
     labkit.set_bits(model, bits)
     with torch.no_grad():
         assert torch.equal(export_view(model)(data), model(data))
@@ -257,6 +318,7 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", str(CHECKPOINT), "--bits", "2", "--out", str(out), "--check", "32"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "2-bit" in printed and "18 QuantizeLinear" in printed and "KiB" in printed
+    assert "opset 25" in printed and "18 INT2" in printed
     assert "top-1 agreement 100.00 %" in printed
     mixed = tmp_path / "mixed.onnx"
     assert main(["export", str(CHECKPOINT), "--bits", "layer1.0.conv1=2,layer3.2.conv2=4", "--out", str(mixed)]) == 0

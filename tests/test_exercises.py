@@ -471,7 +471,8 @@ def test_student_copy_replaces_code_solutions_keeps_the_rest(tmp_path):
     assert title.source == "# Title\nWrite `f`."
     assert solved.source == ("def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nprint(f(1))")
     assert solved.outputs == [] and solved.execution_count is None
-    assert plain.source == "import torch\nprint('kept')" and plain.outputs and plain.execution_count == 3
+    assert plain.source == "import torch\nprint('kept')"
+    assert plain.outputs == [] and plain.execution_count is None  # the instructor's outputs are not handed out
     assert top.source == "# YOUR CODE HERE\nraise NotImplementedError()"
     assert "BEGIN SOLUTION" in nbformat.read(source, as_version=4).cells[1].source  # the source is untouched
 
@@ -536,6 +537,72 @@ def test_student_copy_runs_as_a_module(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_code:  # python -m labkit.exercises.student_copy ...
         runpy.run_module("labkit.exercises.student_copy", run_name="__main__", alter_sys=False)
     assert exit_code.value.code == 2 and "refusing to write" in capsys.readouterr().err
+
+
+def _grader(source, tags=None):
+    cell = _code(source)
+    cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": "check", "points": 1}
+    if tags is not None:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+def test_student_copy_drops_nbval_tags_and_lets_run_all_pass_the_checks(tmp_path):
+    checked = _code("print(2 + 2)")
+    checked.metadata["tags"] = ["nbval-check-output", "lesson"]
+    skipped = _code("print(3)")
+    skipped.metadata["tags"] = ["nbval-skip"]
+    make_student_copy([_write(tmp_path / "src", "t.ipynb", _notebook(
+        checked, skipped, _code(SOLVED), _grader("assert f(1) == 2", tags=["nbval-check-output"]),
+        _grader("assert f(2) == 3", tags=["raises-exception"]),
+    ))], tmp_path / "out")
+    checked, skipped, solved, grader, already = nbformat.read(tmp_path / "out" / "t.ipynb", as_version=4).cells
+    assert checked.metadata["tags"] == ["lesson"]  # other tags stay
+    assert "tags" not in skipped.metadata and "tags" not in solved.metadata  # no empty tag list left behind
+    assert grader.metadata["tags"] == ["raises-exception"] and grader.metadata["nbgrader"]["grade"]
+    assert already.metadata["tags"] == ["raises-exception"]  # not twice
+    assert all(c.outputs == [] and c.execution_count is None for c in (checked, skipped, grader))
+
+
+def test_student_copy_of_the_real_notebooks_is_what_a_class_gets(tmp_path):
+    """For every notebook: no nbval tags, no outputs, every stub inside a function (defining it runs), every
+    grader cell tagged to let Run All go on."""
+    import ast
+
+    written = make_student_copy([ROOT / "notebooks"], tmp_path)
+    for path in written:
+        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert any(c.metadata.get("nbgrader", {}).get("grade") for c in code), f"{path.name}: no grader cell"
+        for cell in code:
+            tags = cell.metadata.get("tags", [])
+            assert not [t for t in tags if t.startswith("nbval")], f"{path.name}: test tags left: {tags}"
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: outputs left"
+            nbgrader = cell.metadata.get("nbgrader", {})
+            if nbgrader.get("grade") and not nbgrader.get("solution"):
+                assert "raises-exception" in tags, f"{path.name}: grader cell {nbgrader.get('grade_id')} untagged"
+            if "raise NotImplementedError()" in cell.source:
+                stubs = [node for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.FunctionDef)
+                         and any(isinstance(s, ast.Raise) for s in node.body)]
+                top_level = [n for n in ast.parse(cell.source).body if isinstance(n, ast.Raise)]
+                assert stubs and not top_level, f"{path.name}: a stub outside a function stops Run All:\n{cell.source}"
+
+
+def test_student_copy_of_notebook_01_runs_top_to_bottom(tmp_path, monkeypatch):
+    """Executed as a student would (Run All, smoke profile): every cell runs, and the check says what to do."""
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("LABKIT_PROFILE", "smoke")
+    written = make_student_copy([ROOT / "notebooks" / "01_double_rounding_scalar.ipynb"], tmp_path)
+    (path,) = written
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises if a cell stops Run All
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "a cell did not run"
+    grader = next(c for c in code if c.metadata.get("nbgrader", {}).get("grade_id") == "second_rounding_check")
+    printed = "".join(o.get("text", "") for o in grader.outputs if o.output_type == "stream")
+    assert "Not implemented yet: replace `raise NotImplementedError()`" in printed
+    assert [o.ename for o in grader.outputs if o.output_type == "error"] == ["AssertionError"]
 
 
 def test_strip_code_keeps_indentation_and_a_missing_final_newline():

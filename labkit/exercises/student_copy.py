@@ -4,10 +4,14 @@
     python scripts/student_copy.py notebooks/01_double_rounding_scalar.ipynb --out student/
 
 - In a code cell, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (both included) become
-  ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the indentation of the BEGIN line; the outputs
-  of that cell are cleared.
+  ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the indentation of the BEGIN line.
 - In markdown, everything from ``<!-- BEGIN SOLUTION -->`` to ``<!-- END SOLUTION -->`` is removed, within one
   cell or across cells (the cells in between go too); a cell left empty is dropped.
+- Every output and execution count is cleared: the committed outputs are the instructor copy's nbval references,
+  made with the solutions (a check cell would already say "Correct").
+- nbval's test tags (``nbval-check-output`` and the other ``nbval-*`` tags) are dropped; the grader cells
+  (nbgrader ``grade: true, solution: false``) are tagged ``raises-exception``, so "Run All" in JupyterLab (and
+  nbclient) shows a failing check's feedback and goes on to the next cells instead of stopping there.
 - Unbalanced markers stop the copy with an error naming the notebook and the cell; nothing is written into a
   source folder (the originals would be overwritten).
 
@@ -24,6 +28,8 @@ from labkit.errors import LabkitError
 BEGIN_CODE, END_CODE = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_MARKDOWN, END_MARKDOWN = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+TEST_TAG_PREFIX = "nbval-"  # nbval's cell tags (nbval-check-output, nbval-ignore-output, nbval-skip, ...)
+CONTINUE_TAG = "raises-exception"  # JupyterLab and nbclient run on past a cell with this tag that raises
 
 
 class StudentCopyError(LabkitError, ValueError):
@@ -85,6 +91,23 @@ def strip_markdown(source: str, where: str, inside: bool = False) -> tuple[str, 
             inside, position = True, begin + len(BEGIN_MARKDOWN)
 
 
+def is_grader_cell(cell) -> bool:
+    """An nbgrader test cell: graded, not a solution (it calls a grader on the student's function)."""
+    nbgrader = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.get("cell_type") == "code" and bool(nbgrader.get("grade")) and not nbgrader.get("solution")
+
+
+def _student_tags(cell) -> None:
+    """Drop nbval's test tags; tag a grader cell ``raises-exception``; no empty tag list is left behind."""
+    tags = [tag for tag in cell.metadata.get("tags", []) if not tag.startswith(TEST_TAG_PREFIX)]
+    if is_grader_cell(cell) and CONTINUE_TAG not in tags:
+        tags.append(CONTINUE_TAG)
+    if tags:
+        cell.metadata["tags"] = tags
+    else:
+        cell.metadata.pop("tags", None)
+
+
 def strip_notebook(notebook, name: str = "notebook") -> int:
     """Remove the solutions of an ``nbformat`` notebook in place; return how many solution regions went."""
     cells, removed, opened = [], 0, None  # opened: (index, cell) where a markdown region still open began
@@ -105,9 +128,9 @@ def strip_notebook(notebook, name: str = "notebook") -> int:
         else:
             if cell.cell_type == "code":
                 text, count = strip_code(source, where)
-                if count:
-                    cell.source, cell.outputs, cell.execution_count = text, [], None
-                    removed += count
+                cell.source, cell.outputs, cell.execution_count = text, [], None
+                removed += count
+                _student_tags(cell)
             cells.append(cell)
     if opened is not None:
         raise StudentCopyError(f"{_where(name, *opened)}: '{BEGIN_MARKDOWN}' is never closed with '{END_MARKDOWN}'.")

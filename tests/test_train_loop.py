@@ -104,7 +104,16 @@ def resnet20_q():
 
 def test_every_parameter_is_in_exactly_one_group(resnet20_q):
     groups = parameter_groups(resnet20_q, weight_decay=5e-5)
-    assert [g["name"] for g in groups] == ["weights", "scales", "no_decay"]
+    roles = [g["name"] for g in groups]
+    assert list(dict.fromkeys(roles)) == ["weights", "scales", "no_decay"] and roles == sorted(
+        roles, key=["weights", "scales", "no_decay"].index), "grouped by role, in this order"
+    # Each precision's own parameters (found here by their names) sit in the group of that bit-width.
+    names = named(resnet20_q)
+    for group in groups:
+        for p in group["params"]:
+            match = PER_BIT.search(names[id(p)])
+            assert group["bits"] == (int(match.group(1)) if match else None), (names[id(p)], group["bits"])
+    assert {g["bits"] for g in groups if g["name"] == "scales"} == {None, 8, 6, 4, 2}
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)), "a parameter sits in two groups"
     assert set(ids) == {id(p) for p in resnet20_q.parameters() if p.requires_grad}
@@ -129,7 +138,9 @@ def test_weight_decay_only_on_conv_and_linear_weights(resnet20_q):
 def test_every_quantization_scale_is_in_the_scales_group(resnet20_q):
     """METHOD.md §5: ALRS applies to the quantization scales — weight *and* activation scales."""
     names = named(resnet20_q)
-    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in parameter_groups(resnet20_q, 5e-5)}
+    groups = {}
+    for g in parameter_groups(resnet20_q, 5e-5):
+        groups.setdefault(g["name"], set()).update(names[id(p)] for p in g["params"])
     quant_scales = {n for n in names.values() if ".weight_quantizer." in n or ".act_quantizer." in n}
     assert any(".act_quantizer.scale." in n for n in quant_scales)
     missing = sorted(quant_scales - groups["scales"])
@@ -199,35 +210,48 @@ def cosine(base, t, total):
     return 0.5 * base * (1 + math.cos(math.pi * t / total))
 
 
+def record_rates(trainer):
+    """Before every step: (global step, bit of the pass, {role: {lr of the groups that step now}}).
+
+    In an A.2 step only the shared groups and the pass's own per-bit groups hold gradients."""
+    record = []
+
+    def hook(opt, args, kwargs):
+        b = next(iter(get_bits(trainer.model).values()))
+        rates = {}
+        for g in opt.param_groups:
+            if g["bits"] in (None, b):
+                rates.setdefault(g["name"], set()).add(g["lr"])
+        record.append((trainer.global_step, b, rates))
+    trainer.optimizer.register_step_pre_hook(hook)
+    return record
+
+
 @pytest.mark.parametrize("bits", [(8, 4, 2), (4, 3, 2)])
 def test_a2_scales_group_lr_is_cosine_lr_times_eta(tmp_path, bits):
     trainer = make_trainer(tmp_path, bits=bits, epochs=2, lr=1e-3, n_train=24)
-    record = []
-    trainer.optimizer.register_step_pre_hook(lambda opt, a, k: record.append(
-        (trainer.global_step, next(iter(get_bits(trainer.model).values())),
-         {g["name"]: g["lr"] for g in opt.param_groups})))
+    record = record_rates(trainer)
     trainer.fit()
     total = 2 * (24 // 8)
     assert len(record) == total * len(bits)
     for t, b, lrs in record:
         lr_t = cosine(1e-3, t, total)
-        assert lrs["scales"] == pytest.approx(lr_t * ETA[bits][b], rel=1e-9, abs=1e-15), (t, b)
-        assert lrs["weights"] == pytest.approx(lr_t, rel=1e-9, abs=1e-15), (t, b)
-        assert lrs["no_decay"] == pytest.approx(lr_t, rel=1e-9, abs=1e-15), (t, b)
+        (scales,), (weights,), (no_decay,) = lrs["scales"], lrs["weights"], lrs["no_decay"]
+        assert scales == pytest.approx(lr_t * ETA[bits][b], rel=1e-9, abs=1e-15), (t, b)
+        assert weights == pytest.approx(lr_t, rel=1e-9, abs=1e-15), (t, b)
+        assert no_decay == pytest.approx(lr_t, rel=1e-9, abs=1e-15), (t, b)
 
 
 def test_a2_alrs_targets_scales_bn_bias_scales_the_no_decay_group_too(tmp_path):
     trainer = make_trainer(tmp_path, alrs_targets="scales_bn_bias", alrs="geometric")
-    record = []
-    trainer.optimizer.register_step_pre_hook(lambda opt, a, k: record.append(
-        (trainer.global_step, next(iter(get_bits(trainer.model).values())),
-         {g["name"]: g["lr"] for g in opt.param_groups})))
+    record = record_rates(trainer)
     trainer.fit()
     total = 32 // 8
     for t, b, lrs in record:
         eta = {8: 1.0, 4: 0.1, 2: 0.01}[b]  # geometric: 0.1^position
-        assert lrs["no_decay"] == pytest.approx(cosine(5e-4, t, total) * eta, rel=1e-9, abs=1e-15)
-        assert lrs["weights"] == pytest.approx(cosine(5e-4, t, total), rel=1e-9, abs=1e-15)
+        (no_decay,), (weights,) = lrs["no_decay"], lrs["weights"]
+        assert no_decay == pytest.approx(cosine(5e-4, t, total) * eta, rel=1e-9, abs=1e-15)
+        assert weights == pytest.approx(cosine(5e-4, t, total), rel=1e-9, abs=1e-15)
 
 
 def test_a2_alrs_none_keeps_one_rate(tmp_path):

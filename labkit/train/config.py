@@ -20,7 +20,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     init_from: str | None = None          # FP32 weights to start from: a run folder, .safetensors or .pt/.pth; "auto"
     bits: tuple | None = (8, 6, 4, 2)     # the jointly trained bit set; None trains FP32
-    method: str = "double_rounding"       # or a METHOD.md §7 baseline: floor, per_bit_scale, any_precision, lsq
+    method: str = "double_rounding"       # or a METHOD.md §7 baseline (labkit.quant.WEIGHT_METHODS): floor,
+                                          # per_bit_scale, any_precision, lsq, ...
     rounding: str = "half_even"           # tie rule of the second rounding (METHOD.md §1 [open])
     grad_mode: str = "lsq"                # lsq | reference (METHOD.md §3)
     keep_first_last: bool = True          # first and last layer stay FP32 (METHOD.md §4)
@@ -30,6 +31,10 @@ class TrainConfig:
     alrs: str = "eq7"                     # eq7 (paper Eq. 7) | geometric (reference code) | none
     alrs_gradient_term: bool = False      # Eq. 6 gradient term, opt-in and floored above zero
     alrs_targets: str = "scales"          # scales (paper) | scales_bn_bias (reference code)
+    alrs_scope: str = "paper"             # paper: ALRS for Double Rounding (and floor) only, every scale of the other
+                                          # methods (per-bit scales, any_precision, lsq, matquant) at λ | all
+    supernet_alrs: str = "one_lr"         # SuperNet stage: one_lr (Alg. A.3: every scale at λ) | sampled_bit
+                                          # (each layer's factor keyed on the bit it was sampled at)
     kd: str = "none"                      # none | pskd (progressive self-distillation) | recursive (Any-Precision)
     kd_alpha: float = 0.7
     optimizer: str = "adam"               # paper: Adam
@@ -63,9 +68,11 @@ class TrainConfig:
     sensitivity_k: int = 6                # how many layers count as sensitive with sensitivity_rule=top_k
 
     def __post_init__(self):
+        from labkit.quant import WEIGHT_METHODS
+
         choices = {
             "dataset": ("cifar10", "imagenet", "imagenette"),
-            "method": ("double_rounding", "floor", "per_bit_scale", "any_precision", "lsq"),
+            "method": tuple(WEIGHT_METHODS),
             "rounding": ("half_even", "half_up"),
             "grad_mode": ("lsq", "reference"),
             "weight_init": ("max", "reference"),
@@ -73,6 +80,8 @@ class TrainConfig:
             "algorithm": ("a1", "a2"),
             "alrs": ("eq7", "geometric", "none"),
             "alrs_targets": ("scales", "scales_bn_bias"),
+            "alrs_scope": ("paper", "all"),
+            "supernet_alrs": ("one_lr", "sampled_bit"),
             "kd": ("none", "pskd", "recursive"),
             "optimizer": ("adam", "adamw", "sgd"),
             "device": ("auto", "cpu", "cuda"),

@@ -3,9 +3,13 @@
 For each batch, Alg. A.2 (the paper's loop, ``algorithm="a2"``) runs every bit-width from high to low:
 forward, loss, backward, and an optimizer **step right away**, the scales at the ALRS learning rate of
 that precision (Eq. 6–7) and the weights at λ. Alg. A.1 (``"a1"``, the conventional loop) accumulates the
-gradients of all bit-widths and takes one step; there ALRS scales each precision's contribution to the
-scale gradients, since one step cannot take per-precision learning rates. With ``bits=None`` the same
-loop trains an FP32 model, the pretrained starting point.
+gradients of all bit-widths and takes one step. There each precision's own parameters (per-bit activation
+scales, per-bit BN, per-bit weight scales) are in parameter groups of their own and step at that precision's
+ALRS rate; the weight scale shared by every precision can only have each precision's share of its gradient
+weighted by η_b, which under Adam changes the step's direction, not its size (see :mod:`labkit.train.alrs`).
+Which methods get ALRS at all (the paper's, not the baselines with separate per-bit scales) and what a HASB
+SuperNet gets (Alg. A.3: one λ) is decided by :func:`labkit.train.alrs.alrs_rule_for`. With ``bits=None``
+the same loop trains an FP32 model, the pretrained starting point.
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from labkit.convert import set_bits
+from labkit.convert import quantized_layers, set_bits
 from labkit.data import default_workers, make_loader
 from labkit.errors import LabkitError
 from labkit.evaluate import FP32, count_correct, fixed_subset
-from labkit.train.alrs import AdaptiveScaleLR, scale_parameters
+from labkit.train.alrs import AdaptiveScaleLR, alrs_rule_for, per_bit_parameters
 from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_training_checkpoint, restore_rng
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, sum_across
@@ -75,11 +79,24 @@ class JointTrainer:
             raise LabkitError(f"batch_size={config.batch_size} is larger than the {self.train_size} training "
                              "samples; lower batch_size or raise train_subset.")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.momentum)
-        self.alrs = AdaptiveScaleLR(self.bits, config.alrs, config.alrs_gradient_term) if self.bits else None
-        self.alrs_groups = ("scales", "no_decay") if config.alrs_targets == "scales_bn_bias" else ("scales",)
-        self.alrs_params = [p for g in self.optimizer.param_groups if g["name"] in self.alrs_groups for p in g["params"]]
-        self.scale_params = scale_parameters(self.model) if self.bits else []
+        # SuperNet training (HASB, Alg. A.3): bit_sampler(default_bits, epoch, batch) -> int or {layer: bits}
+        self.bit_sampler = bit_sampler
+        self.alrs_rule = alrs_rule_for(config.method, config.alrs, config.alrs_scope, bit_sampler is not None,
+                                       config.supernet_alrs)
+        per_layer = bit_sampler is not None and self.alrs_rule != "none" and config.supernet_alrs == "sampled_bit"
+        self.optimizer = make_optimizer(self.model, config.optimizer, config.lr, config.weight_decay, config.momentum,
+                                        shared_scales_per_layer=per_layer)
+        self.alrs = (AdaptiveScaleLR(self.bits, self.alrs_rule, config.alrs_gradient_term and self.alrs_rule != "none")
+                     if self.bits else None)
+        self.alrs_roles = ("scales", "no_decay") if config.alrs_targets == "scales_bn_bias" else ("scales",)
+        self.layers = quantized_layers(self.model) if self.bits else {}
+        self.bit_owner = per_bit_parameters(self.model) if self.bits else {}
+        # A.1: the shared parameters under ALRS, whose gradient gets each precision's share weighted by its factor.
+        self.reweighted = [(g.get("layer"), p) for g in self.optimizer.param_groups
+                           if g["name"] in self.alrs_roles and g.get("bits") is None for p in g["params"]]
+        # A.1: gradients whose per-pass share is needed (the weight scales for Eq. 6, the reweighted ones).
+        self.tracked = {id(p): p for layer in self.layers.values() for p in layer.weight_quantizer.parameters()}
+        self.tracked.update((id(p), p) for _, p in self.reweighted)
         self.pskd = (ProgressiveSelfDistillation(len(self.train_set), num_classes, config.epochs, config.kd_alpha)
                      if config.kd == "pskd" else None)
         self.train_model = self.model
@@ -87,8 +104,6 @@ class JointTrainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.bits is not None)
-        # SuperNet training (HASB, Alg. A.3): bit_sampler(default_bits, epoch, batch) -> int or {layer: bits}
-        self.bit_sampler = bit_sampler
         self.epoch, self.batch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
         self.train_sums: dict[str, float] = {}
@@ -191,6 +206,37 @@ class JointTrainer:
         sums[f"correct_{key}"] = sums.get(f"correct_{key}", 0.0) + float((logits.argmax(1) == labels).sum())
         sums[f"seen_{key}"] = sums.get(f"seen_{key}", 0.0) + labels.numel()
 
+    def _layer_weight_scale_grads(self, before: dict | None) -> list:
+        """Per quantized layer, this pass's gradient of the weight scale(s) it ran with: one tensor per layer
+        (Eq. 6's ∇s_b^i). ``before`` (A.1): the gradients accumulated by earlier passes, subtracted."""
+        grads = []
+        for layer in self.layers.values():
+            parts = []
+            for param in layer.weight_quantizer.parameters():
+                if self.bit_owner.get(id(param), layer.bits) != layer.bits or param.grad is None:
+                    continue
+                earlier = before.get(id(param)) if before else None
+                parts.append((param.grad if earlier is None else param.grad - earlier).flatten())
+            grads.append(torch.cat(parts) if parts else None)
+        return grads
+
+    def _factor(self, bits: int, correction: float) -> float:
+        """λ_b / λ of the scales of precision ``bits``: η_b times this pass's Eq. 6 correction."""
+        return self.alrs.factors[bits] * correction
+
+    def _group_factor(self, group: dict, pass_bits: int | None, correction: float, own: dict) -> float:
+        """The learning-rate multiplier of one parameter group (A.2: at ``pass_bits``; A.1: ``pass_bits=None``)."""
+        if group["name"] not in self.alrs_roles:
+            return 1.0
+        if group.get("bits") is not None:  # one precision's own parameters
+            return own.get(group["bits"], self._factor(group["bits"], 1.0)) if pass_bits is None \
+                else self._factor(group["bits"], correction)
+        if pass_bits is None:  # A.1: shared parameters had their gradient shares weighted instead
+            return 1.0
+        if group.get("layer") is not None:  # SuperNet, supernet_alrs=sampled_bit: the layer's sampled bit
+            return self._factor(self.layers[group["layer"]].bits, correction)
+        return self._factor(pass_bits, correction)
+
     def train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
         """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass."""
         lr = cosine_lr(self.config.lr, self.global_step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
@@ -206,45 +252,46 @@ class JointTrainer:
             self._record(FP32, loss, logits, labels)
             return {FP32: float(loss.detach())}
         higher_logits = None
-        if self.config.algorithm == "a1":
+        a1 = self.config.algorithm == "a1"
+        own_factors: dict[int, float] = {}  # A.1: λ_b/λ of each precision's own parameter groups
+        if a1:
             self.optimizer.zero_grad(set_to_none=True)
         for bits in self.bits:  # high → low
             set_bits(self.model, self.bit_sampler(bits, epoch, self.batch) if self.bit_sampler else bits)
-            if self.config.algorithm == "a2":
-                self.optimizer.zero_grad(set_to_none=True)
-                stash = None
+            before = None
+            if a1:
+                before = {key: None if p.grad is None else p.grad.clone() for key, p in self.tracked.items()}
             else:
-                stash = [None if p.grad is None else p.grad.clone() for p in self.alrs_params]
+                self.optimizer.zero_grad(set_to_none=True)
             logits = self._forward(images)
             loss = self._loss(logits, labels, indices, bits, higher_logits, epoch)
             self._check_finite(loss, bits)
             loss.backward()
-            if stash is None:
-                own_scale_grads = [p.grad for p in self.scale_params]
-            else:  # A.1: this precision's own share of the accumulated scale gradients
-                before = {id(p): b for p, b in zip(self.alrs_params, stash)}
-                own_scale_grads = [None if p.grad is None else p.grad - before[id(p)] if before.get(id(p)) is not None
-                                   else p.grad for p in self.scale_params]
-            multiplier = self.alrs.multiplier(bits, own_scale_grads)
-            if self.config.algorithm == "a2":
-                set_learning_rates(self.optimizer, lr, {name: multiplier for name in self.alrs_groups})
+            multiplier = self.alrs.multiplier(bits, self._layer_weight_scale_grads(before))
+            correction = multiplier / self.alrs.factors[bits]
+            if not a1:
+                set_learning_rates(self.optimizer, lr, lambda g: self._group_factor(g, bits, correction, {}))
                 self.optimizer.step()
             else:
-                # Scale this precision's share of the accumulated gradient: before + η_b · (now − before).
-                for param, before in zip(self.alrs_params, stash):
+                own_factors[bits] = multiplier
+                # The shared parameters: this precision's share of the accumulated gradient weighted by its
+                # factor, before + w · (now − before) (the layer's sampled bit in a SuperNet with sampled_bit).
+                for layer_name, param in self.reweighted:
                     if param.grad is None:
                         continue
-                    if before is None:
-                        param.grad.mul_(multiplier)
+                    weight = self._factor(self.layers[layer_name].bits, correction) if layer_name else multiplier
+                    earlier = before.get(id(param))
+                    if earlier is None:
+                        param.grad.mul_(weight)
                     else:
-                        param.grad = before.add_(param.grad - before, alpha=multiplier)
+                        param.grad = earlier.add_(param.grad - earlier, alpha=weight)
             if self.pskd is not None and bits == self.bits[0]:
                 self.pskd.update(indices, logits)
             higher_logits = logits.detach()
             self._record(bits, loss, logits, labels)
             losses[bits] = float(loss.detach())
-        if self.config.algorithm == "a1":
-            set_learning_rates(self.optimizer, lr)
+        if a1:
+            set_learning_rates(self.optimizer, lr, lambda g: self._group_factor(g, None, 1.0, own_factors))
             self.optimizer.step()
         return losses
 

@@ -3,6 +3,21 @@
 A recipe is a :class:`TrainConfig` with the paper's settings (``paper`` profile) plus the overrides that
 make it fit a smaller budget: ``smoke`` (CI: a subset, one short epoch, seconds to minutes on 2 CPU cores)
 and ``laptop`` (minutes to an hour on a CPU, numbers that mean something). Command-line overrides apply last.
+
+ALRS (METHOD.md §5) in the recipes, decided by :func:`labkit.train.alrs.alrs_rule_for`:
+
+- The joint recipes train Double Rounding with Eq. 7 (``alrs="eq7"``) on the quantization scales. The
+  truncation ablation ``method=floor`` keeps it: it is the same quantizer with one shared weight scale and only
+  the second rounding changed, so the two rows differ in the rounding alone.
+- A baseline with separate per-bit scales or from another paper (``method=per_bit_scale``, ``any_precision``,
+  ``lsq``, ``matquant``) trains **every scale at λ, with no η_b** (``alrs_scope="paper"``, the default), as
+  MultiQuant / LSQ / Any-Precision users train theirs: ALRS protects one scale shared by every precision
+  from the low-bit gradients, and a separate per-bit scale has nothing to be protected from; with η_2 = 0.001
+  its 2-bit weight scale would move 5e-7 per Adam step and barely train. ``alrs_scope=all`` applies ALRS to
+  every method anyway (an ablation).
+- The SuperNet recipes (``cifar10-resnet20-hasb``, ``-uniform``) follow Alg. A.3: one λ for every parameter
+  (``supernet_alrs="one_lr"``). ``supernet_alrs=sampled_bit`` keys each layer's factor on the bit it was sampled
+  at in the pass instead (a layer sampled at 8 bits in the 2-bit pass trains its scales at λ·η_8 = λ).
 """
 from __future__ import annotations
 
@@ -83,7 +98,8 @@ RECIPES["cifar10-resnet20-hasb"] = {
     "base": dict(_SUPERNET, supernet="hasb"),
     "profiles": _SUPERNET_SCALE,
     "about": ("HASB SuperNet (Alg. A.3): from a {8,6,4,2} run, Transitional BN, Hessian-aware roulette bit "
-              "replacement with σ_e; 60 epochs with 10 warm-up (the paper does not state the count)."),
+              "replacement with σ_e, one λ for every parameter (no ALRS factors, as Alg. A.3); 60 epochs with 10 "
+              "warm-up (the paper does not state the count)."),
 }
 RECIPES["cifar10-resnet20-uniform"] = {
     "base": dict(_SUPERNET, supernet="uniform"),

@@ -162,6 +162,7 @@ def budget(config: TrainConfig, trainer: JointTrainer, profile: str) -> dict:
     return {"profile": profile, "epochs": config.epochs, "batch_size": config.batch_size,
             "train_images": trainer.train_size, "steps": trainer.total_steps,
             "passes_per_step": len(config.bits) if config.bits else 1,
+            "optimizer_steps": trainer.total_steps * (len(config.bits) if config.algorithm == "a2" and config.bits else 1),
             "eval_images": {name: len(ds) for name, ds in trainer.eval_sets.items()}}
 
 
@@ -245,6 +246,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         "recipe": config.recipe,
         "profile": profile,
         "budget": budget(config, trainer, profile),
+        "alrs_applied": trainer.alrs_rule if config.bits else None,
         "hardware": lab_config.hardware_summary(),
         "world_size": group.world_size,
     }

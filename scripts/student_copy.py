@@ -1,4 +1,4 @@
-"""Make the student copy of the notebooks: ``python scripts/student_copy.py notebooks/ --out student/``.
+"""Make the student copy of the notebooks: ``.venv/bin/python scripts/student_copy.py notebooks --out student/``.
 
 A thin wrapper around :func:`labkit.exercises.student_copy.main` (see that module for the marker rules).
 """

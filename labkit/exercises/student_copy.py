@@ -1,7 +1,7 @@
 """Make the student copy of the notebooks: the instructor's solutions replaced by a stub (nbgrader markers).
 
-    python -m labkit.exercises.student_copy notebooks/ --out student/
-    python scripts/student_copy.py notebooks/01_double_rounding_scalar.ipynb --out student/
+    .venv/bin/python -m labkit.exercises.student_copy notebooks --out student/
+    .venv/bin/python scripts/student_copy.py notebooks/01_double_rounding_scalar.ipynb --out student/
 
 - In a code cell, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` (both included) become
   ``# YOUR CODE HERE`` and ``raise NotImplementedError()`` at the indentation of the BEGIN line.

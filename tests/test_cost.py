@@ -90,3 +90,15 @@ def test_resnet20_costs():
     stage = [conv_macs(16, 16, 3, 32, 32)] * 6 + [conv_macs(16, 32, 3, 16, 16)] + [conv_macs(32, 32, 3, 16, 16)] * 5 \
         + [conv_macs(32, 64, 3, 8, 8)] + [conv_macs(64, 64, 3, 8, 8)] * 5
     assert sum(c.macs for c in costs.values()) == conv_macs(3, 16, 3, 32, 32) + sum(stage) + 64 * 10
+
+
+def test_no_input_or_one_the_model_refuses_is_a_clear_error():
+    from labkit.hasb.graph import ExampleInputError
+
+    mnist_like = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))  # only 1×28×28
+    assert layer_costs(mnist_like, (1, 28, 28))["2"] == LayerCost(4 * 26 * 26 * 10, 4 * 26 * 26 * 10)
+    for missing in (None, (), "3x32x32", (3, 0, 32)):
+        with pytest.raises(ExampleInputError, match="example_input"):
+            layer_costs(mnist_like, missing)
+    with pytest.raises(ExampleInputError, match=r"shape \(1, 1, 32, 32\)"):
+        layer_costs(mnist_like, (1, 32, 32))

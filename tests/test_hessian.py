@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import labkit
 from labkit.config import data_root
-from labkit.hasb.hessian import (TraceEstimate, average_traces, hessian_trace_estimates, hessian_traces,
+from labkit.hasb.graph import ExampleInputError
+from labkit.hasb.hessian import (TraceEstimate, average_traces, default_layers, hessian_trace_estimates, hessian_traces,
                                  hmt_distribution)
 from labkit.models import build_model
 
@@ -206,3 +207,58 @@ def test_runs_on_real_cifar10_images():
     traces = hessian_traces(model, data.cifar10("test"), images=4, batch_size=4, probes=2)
     assert len(traces) == 18 and "conv1" not in traces and "fc" not in traces
     assert all(math.isfinite(v) and v >= 0 for v in traces.values())
+
+
+class CountingBar:
+    """A stand-in for a tqdm bar: what a function does to a bar it is given (no total, like tqdm.auto.tqdm())."""
+
+    def __init__(self):
+        self.total, self.count, self.closed = None, 0, False
+
+    def update(self, n=1):
+        self.count += n
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def pointwise_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def test_exclude_pointwise_leaves_the_1x1_convs_out():
+    model = pointwise_net()
+    images, labels = torch.randn(6, 3, 6, 6), torch.randint(0, 3, (6,))
+    assert list(hessian_traces(model, (images, labels), probes=1)) == ["2", "4", "6"]  # default: every quantized layer
+    assert list(hessian_traces(model, (images, labels), probes=1, exclude_pointwise=True)) == ["2", "6"]
+    assert list(hessian_traces(model, (images, labels), ["4", "6"], probes=1, exclude_pointwise=True)) == ["6"]
+    quantized = labkit.quantize_model(model, example_input=images)
+    assert default_layers(quantized, exclude_pointwise=True) == ["2", "6"]  # a quantized model needs no input
+
+
+def test_an_fp32_model_without_an_example_input_is_a_clear_error():
+    with pytest.raises(ExampleInputError, match="example_input="):
+        default_layers(pointwise_net())
+
+
+@pytest.mark.parametrize("tolerance, drawn", [(None, 5), (1e9, 2)])
+def test_progress_accepts_a_bar_and_reaches_its_end(mlp_case, tolerance, drawn):
+    model, inputs, labels, _ = mlp_case
+    bar = CountingBar()
+    estimates = hessian_trace_estimates(model, (inputs, labels), LAYERS, probes=5, batch_size=5, tolerance=tolerance,
+                                        progress=bar)
+    assert {e.probes for e in estimates.values()} == {drawn}
+    assert bar.total == 5 * 3 and bar.count == 5 * 3 and not bar.closed  # 12 images in batches of 5: 3 batches
+    import io
+
+    from tqdm.auto import tqdm
+
+    with tqdm(total=None, file=io.StringIO()) as real:
+        hessian_traces(model, (inputs, labels), LAYERS, probes=2, tolerance=None, batch_size=12, progress=real)
+        assert real.n == 2 and real.total == 2

@@ -432,3 +432,59 @@ def test_evaluate_subnets_switches_bits_and_calls_the_callbacks_once_per_allocat
     plain = evaluate_subnets(model, [{"3": 2, "6": 4, "9": 8}], lambda m: {"accuracy": 1.0, "loss": 2.0},
                              show_progress=False)
     assert plain == [{"allocation": {"3": 2, "6": 4, "9": 8}, "accuracy": 1.0, "loss": 2.0}]
+
+
+# ------------------------------------------------------------------ layers held outside the search (1×1 convs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_held_layers_count_at_their_bit_in_the_budgets_only(seed):
+    scores, costs = random_problem(seed, layers=LAYERS[:5])
+    costs = {**costs, "pointwise": LayerCost(4000, 300)}
+    held = {"pointwise": 8}
+    brute = BruteForce(scores, {n: c for n, c in costs.items() if n != "pointwise"})
+    brute.bitops = brute.bitops + 4000 * 8 ** 2  # the held layer at 8 bits, not at 32
+    brute.size = brute.size + 300 * 8
+    budget = float(np.quantile(brute.bitops, 0.3))
+    size = float(np.quantile(brute.size, 0.6))
+    for avg_bits, constraints in [(4.0, {}), (None, dict(bitops_budget=budget)),
+                                  (5.0, dict(bitops_budget=budget, size_budget_bits=size))]:
+        allocation = search_bits(scores, CANDIDATES, avg_bits, costs=costs, held=held, **constraints)
+        assert allocation.pop("pointwise") == 8  # part of the allocation, at its bit
+        check_optimal(allocation, brute, avg_bits=avg_bits, **constraints)  # the mean is over searched layers only
+    records = sweep(scores, CANDIDATES, [3.0, 5.5], costs=costs, held=held)
+    for record in records:
+        assert record["bitops"] == total_bitops(costs, record["allocation"])  # pointwise counted at 8 bits
+        assert record["avg_bits"] == pytest.approx(np.mean([record["allocation"][n] for n in scores]))
+    with pytest.raises(KeyError, match="also searched"):
+        search_bits(scores, CANDIDATES, 4.0, held={LAYERS[0]: 8})
+    with pytest.raises(KeyError, match="held layers"):
+        search_bits(scores, CANDIDATES, 4.0, costs={n: costs[n] for n in scores}, held=held)
+
+
+class CountingBar:
+    def __init__(self, total=None):
+        self.total, self.count = total, 0
+
+    def update(self, n=1):
+        self.count += n
+
+    def refresh(self):
+        pass
+
+
+def test_sweep_and_evaluation_advance_a_given_bar_to_its_end():
+    scores, _ = random_problem(2)
+    for neighbours in (False, True):
+        bar = CountingBar()
+        records = sweep(scores, CANDIDATES, [2.0, 3.0, 3.0, 4.5, 7.0], neighbours=neighbours, progress=bar)
+        assert bar.count == bar.total >= 4  # four distinct targets, then the neighbour problems
+        assert (bar.total > 4) == neighbours and len(records) > 4
+    fixed_total = CountingBar(total=100)  # a bar shared with other work keeps its total
+    sweep(scores, CANDIDATES, [3.0, 4.0], progress=fixed_total)
+    assert fixed_total.total == 100 and fixed_total.count > 2
+    model = tiny_quantized_net()
+    bar = CountingBar()
+    evaluate_subnets(model, neighbour_subnets({"3": 3.0, "6": 2.0, "9": 1.0}, CANDIDATES, 5.0),
+                     lambda m: 1.0, progress=bar)
+    assert bar.count == bar.total > 1

@@ -8,6 +8,7 @@ from labkit.hasb.hessian import (
     hessian_traces,
     hmt_distribution,
 )
+from labkit.hasb.graph import ExampleInputError, layer_predecessors, pointwise_convs
 from labkit.hasb.cost import LayerCost, bitops, layer_costs, model_size_bits, total_bitops, total_size_bits
 from labkit.hasb.roulette import (
     expected_average_bits,
@@ -30,13 +31,17 @@ from labkit.hasb.search import (
     sweep,
     write_csv,
 )
-from labkit.hasb.reviewers import accuracy_spread, allocation_comparison
+from labkit.hasb.reviewers import accuracy_spread, allocation_comparison, equal_cost_subnets
 from labkit.hasb.supernet import BitSampler
 
 __all__ = [
     "BitSampler",
+    "ExampleInputError",
     "accuracy_spread",
     "allocation_comparison",
+    "equal_cost_subnets",
+    "layer_predecessors",
+    "pointwise_convs",
     "LayerCost",
     "SearchInfeasible",
     "bitops",

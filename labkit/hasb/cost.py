@@ -20,6 +20,8 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
+from labkit.hasb.graph import ExampleInputError
+
 FLOAT_BITS = 32  # weights and activations of a layer that is not quantized
 
 
@@ -41,11 +43,17 @@ def model_size_bits(params, bits):
 
 
 def _probe_input(model: nn.Module, example_input) -> torch.Tensor:
+    """The batch to probe with: ``example_input`` itself, or one random image of the shape it states (MACs
+    depend only on the shape). Nothing is guessed: without one, :class:`ExampleInputError`."""
     if isinstance(example_input, torch.Tensor):
         return example_input
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else "cpu"
-    return torch.randn(1, *example_input, device=device)  # a shape such as (3, 32, 32): one image
+    if isinstance(example_input, (tuple, list, torch.Size)) and example_input and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in example_input):
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+        return torch.randn(1, *example_input, device=device)  # a shape such as (3, 32, 32): one image
+    raise ExampleInputError(f"layer_costs needs example_input: a batch the model accepts (e.g. one batch of your "
+                            f"data) or one image's shape such as (3, 32, 32); got {example_input!r}.")
 
 
 @torch.no_grad()
@@ -73,6 +81,9 @@ def layer_costs(model: nn.Module, example_input) -> dict[str, LayerCost]:
             handles.append(module.register_forward_hook(hook))
     try:
         probe(x)
+    except RuntimeError as error:  # typically a shape mismatch deep inside the model
+        raise ExampleInputError(f"the model does not run on an input of shape {tuple(x.shape)} ({error}); pass "
+                                "example_input=<a batch the model accepts> or the shape of one of its images.") from error
     finally:
         for handle in handles:
             handle.remove()

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
-
 from labkit.convert import plan_quantization, quantized_layers
+from labkit.hasb.graph import ExampleInputError, pointwise_convs
+from labkit.hasb.progress import progress_bar
 from labkit.hasb.roulette import sensitivity_threshold
 
 
@@ -64,17 +64,29 @@ class HMTDistribution(NamedTuple):
     sensitive: list[str]
 
 
-def default_layers(model: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """The layers HASB measures: those ``quantize_model`` quantizes.
+def default_layers(model: nn.Module, example_input: torch.Tensor | None = None,
+                   exclude_pointwise: bool = False) -> list[str]:
+    """The layers HASB measures: those ``quantize_model`` quantizes (less the 1×1 convs with ``exclude_pointwise``).
 
-    A quantized model: its ``quantized_layers``. An FP32 model: every ``nn.Conv2d``/``nn.Linear`` except the
-    first and the last *executed* one (found by one forward pass of ``example_input``, as ``quantize_model``
-    does), in execution order.
+    A quantized model: its ``quantized_layers`` (no input needed). An FP32 model: every ``nn.Conv2d``/``nn.Linear``
+    except the first and the last *executed* one, found by one forward pass of ``example_input`` (a real batch the
+    model accepts, as ``quantize_model`` does), in execution order; without one, :class:`ExampleInputError`.
+    ``exclude_pointwise``: leave out the 1×1 convolutions, as the authors' code does (:func:`pointwise_convs`;
+    default ``False``, see :func:`hessian_trace_estimates`).
     """
     quantized = quantized_layers(model)
     if quantized:
-        return list(quantized)
-    return list(plan_quantization(model, example_input=example_input)["layers"])
+        layers = list(quantized)
+    elif example_input is None:
+        raise ExampleInputError("the model is not quantized, so finding the layers HASB measures (all conv/linear "
+                                "layers but the first and last executed) takes one forward pass: pass "
+                                "example_input=<a batch the model accepts>, e.g. one batch of your data.")
+    else:
+        layers = list(plan_quantization(model, example_input=example_input)["layers"])
+    if exclude_pointwise:
+        pointwise = set(pointwise_convs(model, layers))
+        layers = [name for name in layers if name not in pointwise]
+    return layers
 
 
 def _batches(data, images: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -150,7 +162,8 @@ def _probe(model, weights, batches, loss_fn, device, dtype, generator, blockwise
 def hessian_trace_estimates(model: nn.Module, data, layers: Iterable[str] | None = None, *, images: int = 1000,
                             probes: int = 7, tolerance: float | None = 1e-3, batch_size: int = 100,
                             loss_fn: Callable = F.cross_entropy, seed: int = 0, device=None,
-                            blockwise: bool = True, show_progress: bool = False) -> dict[str, TraceEstimate]:
+                            blockwise: bool = True, exclude_pointwise: bool = False, progress=None,
+                            show_progress: bool = False) -> dict[str, TraceEstimate]:
     """Hutchinson estimates of each layer's Hessian trace (METHOD.md §6 step 1, paper Alg. 1), full records.
 
     Args:
@@ -172,7 +185,14 @@ def hessian_trace_estimates(model: nn.Module, data, layers: Iterable[str] | None
             the layer's own Hessian block (one double backward per layer and batch). ``False`` — one v for all
             layers and one double backward per batch: still unbiased, but the cross-layer terms vₗᵀHₗₖvₖ add
             noise (on a randomly initialised ResNet-20: 5× faster, 2–20× the standard deviation per probe).
-        show_progress: a tqdm bar over probes × batches.
+        exclude_pointwise: leave the 1×1 convolutions out of ``layers`` (given or default), as the authors' code
+            does. Default ``False``: the paper's Alg. 1 ranks every quantized layer, the budgets of the search
+            need every quantized layer, and 1×1 convs are most of some networks (at 224×224, measured with
+            :func:`labkit.hasb.cost.layer_costs`: 3 of ResNet-18's 19 quantized layers and 1.1 % of their MACs,
+            36 of ResNet-50's 52 and 53 %, 34 of MobileNetV2's 51 and 93 %); the lab's ResNet-20 has none.
+        progress: a progress bar over probes × batches: ``True`` for a ``tqdm.auto`` bar, or a bar of yours
+            (:mod:`labkit.hasb.progress`); on an early stop it is advanced to the end of this call's share.
+        show_progress: the same as ``progress=True`` (kept for older callers).
 
     Returns ``{layer: TraceEstimate}`` in the order of ``layers``.
     """
@@ -182,30 +202,34 @@ def hessian_trace_estimates(model: nn.Module, data, layers: Iterable[str] | None
     device = torch.device(device) if device is not None else first.device
     batches = _batches(data, images, batch_size)
     example = batches[0][0].to(device=device, dtype=first.dtype if batches[0][0].is_floating_point() else None)
-    weights = _layer_weights(model, default_layers(model, example) if layers is None else layers)
+    if layers is None:
+        layers = default_layers(model, example, exclude_pointwise)
+    elif exclude_pointwise:
+        pointwise = set(pointwise_convs(model, layers))
+        layers = [name for name in layers if name not in pointwise]
+    weights = _layer_weights(model, layers)
     was_training = model.training
     model.eval()
     requires_grad = {name: w.requires_grad for name, w in weights.items()}
     generator = torch.Generator().manual_seed(seed)
     samples: dict[str, list[float]] = {name: [] for name in weights}
-    progress = tqdm(total=probes * len(batches), desc="Hessian trace", disable=not show_progress, leave=False,
-                    dynamic_ncols=True)
     try:
         for w in weights.values():
             w.requires_grad_(True)
-        with torch.enable_grad():
-            for _ in range(probes):
+        with torch.enable_grad(), progress_bar(show_progress if progress is None or progress is False else progress,
+                                               probes * len(batches), "Hessian trace") as bar:
+            for drawn in range(1, probes + 1):
                 previous = {name: sum(s) / len(s) for name, s in samples.items() if s}
                 for name, value in _probe(model, weights, batches, loss_fn, device, first.dtype, generator,
-                                          blockwise, progress).items():
+                                          blockwise, bar).items():
                     samples[name].append(value)
                 if previous and tolerance and all(
                     abs(sum(s) / len(s) - previous[name]) <= tolerance * (abs(previous[name]) + 1e-12)
                     for name, s in samples.items()
                 ):
+                    bar.update((probes - drawn) * len(batches))
                     break
     finally:
-        progress.close()
         model.train(was_training)
         for name, w in weights.items():
             w.requires_grad_(requires_grad[name])
@@ -226,7 +250,7 @@ def _estimate(samples: list[float], parameters: int) -> TraceEstimate:
 def hessian_traces(model: nn.Module, data, layers: Iterable[str] | None = None, *, images: int = 1000,
                    probes: int = 7, tolerance: float | None = 1e-3, batch_size: int = 100,
                    loss_fn: Callable = F.cross_entropy, seed: int = 0, device=None, blockwise: bool = True,
-                   show_progress: bool = False) -> dict[str, float]:
+                   exclude_pointwise: bool = False, progress=None, show_progress: bool = False) -> dict[str, float]:
     """``{layer: average HMT}`` = |Hessian trace| / parameter count per layer (METHOD.md §6, paper Alg. 1).
 
     The DESIGN.md public name, and what :func:`labkit.hasb.roulette.roulette_probabilities` takes. Arguments as
@@ -234,7 +258,8 @@ def hessian_traces(model: nn.Module, data, layers: Iterable[str] | None = None, 
     """
     return average_traces(hessian_trace_estimates(
         model, data, layers, images=images, probes=probes, tolerance=tolerance, batch_size=batch_size,
-        loss_fn=loss_fn, seed=seed, device=device, blockwise=blockwise, show_progress=show_progress))
+        loss_fn=loss_fn, seed=seed, device=device, blockwise=blockwise, exclude_pointwise=exclude_pointwise,
+        progress=progress, show_progress=show_progress))
 
 
 def average_traces(estimates: dict[str, TraceEstimate]) -> dict[str, float]:

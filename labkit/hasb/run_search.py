@@ -76,8 +76,10 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
     model, _, dataset = load_for_eval(run_dir)
     model.eval()
     bits = sorted(json.loads((run_dir / "config.json").read_text())["config"]["bits"], reverse=True)
-    example = torch.randn(1, 3, 32, 32) if dataset == "cifar10" else torch.randn(1, 3, 224, 224)
-    costs = layer_costs(model, example)
+    if dataset != "cifar10":
+        raise LabkitError("labkit search evaluates CIFAR-10 SuperNets here; other data sets: use evaluate_subnets.")
+    test = fixed_subset(data.cifar10("test", root=root), subset)
+    costs = layer_costs(model, test[0][0].unsqueeze(0))  # one real test image: the input size the model runs on
     options = dict(bitops_budget=bitops_budget, size_budget_bits=size_budget_bits, costs=costs)
     if sweep_text:
         records = sweep(scores, bits, parse_sweep(sweep_text), neighbours=neighbours, **options)
@@ -87,9 +89,6 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
         allocation = search_bits(scores, bits, avg_bits, **options)
         records = [{"target_avg_bits": avg_bits, "kind": "optimum", "allocation": allocation,
                     "avg_bits": float(np.mean(list(allocation.values())))}]
-    if dataset != "cifar10":
-        raise LabkitError("labkit search evaluates CIFAR-10 SuperNets here; other data sets: use evaluate_subnets.")
-    test = fixed_subset(data.cifar10("test", root=root), subset)
     loader = DataLoader(test, batch_size=256, shuffle=False)
     plain = data.cifar10("train", root=root, transform=data.cifar10_transforms(train=False))  # no random augmentation
     calibration = DataLoader(fixed_subset(plain, 2048, 0), batch_size=128, shuffle=False)

@@ -14,6 +14,12 @@ sensitive layers the fewest bits. The paper constrains the average only (``mean(
 size budgets are the natural extension. Scores are HASB's average Hessian traces (step 1) or anything
 that says how much a layer gains from more bits.
 
+The layers searched are the keys of ``scores``. Quantized layers left out of the search (the authors' code
+leaves out the 1×1 convs: ``hessian_traces(..., exclude_pointwise=True)``) are passed as ``held={layer: bits}``:
+they are outside the mean and the objective, run at their held bit (they are part of every returned
+allocation) and count at that bit in the BitOPs and size budgets. A layer of ``costs`` that is neither searched
+nor held counts at 32 bits (the FP32 first and last layers).
+
 :func:`neighbour_subnets` is the paper's enumeration of more SubNets per ω (force one layer at a time to
 another bit and solve again); :func:`sweep` does it over a grid of ω, :func:`evaluate_subnets` measures
 them through your own callbacks, :func:`pareto_front` / :func:`pareto_figure` / :func:`write_csv` report
@@ -98,6 +104,7 @@ class _Problem:
     fixed: dict[str, int]
     exact_average: bool
     costs: dict | None
+    held: dict[str, int]  # layers outside the search, at a given bit
     matrix: sparse.csr_matrix = field(init=False)  # one-hot rows, then one row per resource (scaled)
     objective: np.ndarray = field(init=False)  # milp minimises: −score·bits, normalised
 
@@ -117,7 +124,7 @@ class _Problem:
             np.zeros(index.shape[:-1] + (0,))
 
     def allocation(self, index) -> dict[str, int]:
-        return {name: int(self.candidates[k]) for name, k in zip(self.names, index)}
+        return {**{name: int(self.candidates[k]) for name, k in zip(self.names, index)}, **self.held}
 
     def record(self, index: np.ndarray, **extra) -> dict:
         bits = self.candidates[index]
@@ -199,7 +206,7 @@ def _as_cost(value) -> LayerCost:
 
 
 def _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs, weights, fixed,
-           exact_average) -> tuple[_Problem, np.ndarray, np.ndarray]:
+           exact_average, held=None) -> tuple[_Problem, np.ndarray, np.ndarray]:
     """The problem and the bounds ``(low, high)`` of its resource sums."""
     if not isinstance(scores, Mapping) or not scores:
         raise ValueError("scores must be a non-empty mapping {layer_name: score}, e.g. labkit.hessian_traces(...).")
@@ -226,6 +233,17 @@ def _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs,
         value = check_bits(value, allowed=bit_set.tolist(), name=f"fixed[{name!r}]")
         fixed[name] = value
         allowed[names.index(name)] = bit_set == value
+    held = dict(held or {})
+    searched = [n for n in held if n in scores]
+    if searched:
+        raise KeyError(f"held names layers {searched} that are also searched (in scores); a layer is either searched "
+                       "or held at a bit: drop it from one of them, or use fixed= to force a searched layer.")
+    held = {name: check_bits(value, name=f"held[{name!r}]") for name, value in held.items()}
+    if costs is not None:
+        missing = [n for n in held if n not in costs]
+        if missing:
+            raise KeyError(f"costs has no entry for held layers {missing}; use "
+                           "labkit.hasb.cost.layer_costs(model, example_input).")
 
     cost_arrays = None
     if costs is not None:
@@ -234,12 +252,12 @@ def _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs,
             raise KeyError(f"costs has no entry for searched layers {missing}; use "
                            "labkit.hasb.cost.layer_costs(model, example_input).")
         measured = {n: _as_cost(c) for n, c in costs.items()}
-        outside = [c for n, c in measured.items() if n not in scores]
+        outside = [(c, held.get(n, FLOAT_BITS)) for n, c in measured.items() if n not in scores]
         cost_arrays = {
             "macs": np.array([measured[n].macs for n in names], dtype=np.int64),
             "params": np.array([measured[n].params for n in names], dtype=np.int64),
-            "bitops_offset": int(sum(bitops(c.macs, FLOAT_BITS) for c in outside)),
-            "size_offset": int(sum(model_size_bits(c.params, FLOAT_BITS) for c in outside)),
+            "bitops_offset": int(sum(bitops(c.macs, b) for c, b in outside)),
+            "size_offset": int(sum(model_size_bits(c.params, b) for c, b in outside)),
         }
     elif bitops_budget is not None or size_budget_bits is not None:
         raise ValueError("a BitOPs or size budget needs the layers' costs: pass "
@@ -264,7 +282,7 @@ def _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs,
             resources.append(_Resource(argument, per_layer(cost_arrays).astype(float), offset=cost_arrays[offset]))
             low.append(-math.inf)
             high.append(resources[-1].to_sum(float(budget)))
-    problem = _Problem(names, bit_set, score, weight, allowed, resources, fixed, exact_average, cost_arrays)
+    problem = _Problem(names, bit_set, score, weight, allowed, resources, fixed, exact_average, cost_arrays, held)
     return problem, np.array(low, float), np.array(high, float)
 
 
@@ -391,8 +409,9 @@ class _Enumerator:
     at the budget lowered by b' — so most neighbour problems are solved before they are asked.
     """
 
-    def __init__(self, problem: _Problem):
-        self.problem = problem
+    def __init__(self, problem: _Problem, progress=None, progress_grows: bool = False):
+        self.problem, self.progress = problem, progress  # a bar advanced once per problem solved or looked up
+        self.progress_grows = progress_grows  # add the neighbour problems to the bar's total
         self.optima = _Solutions(problem)
         self.others = {layer: _Solutions(problem) for layer in range(len(problem.names))}
         self._neighbours: dict = {}  # key → neighbour_keys(key)
@@ -412,15 +431,18 @@ class _Enumerator:
         """Solve the items no known solution covers, a batch at a time, re-checking after each batch."""
         pending = list(reversed(items))
         while pending:
-            batch, asked = [], set()
+            batch, asked, looked_up = [], set(), 0
             while pending and len(batch) < self.batch:
                 item = pending.pop()
+                looked_up += 1
                 question = (id(family_of(item)), item[-1])
                 if question not in asked and not family_of(item).find(item[-1])[0]:
                     batch.append(item)
                     asked.add(question)
             for item, index in zip(batch, _solve(self.problem, [block_of(item) for item in batch])):
                 remember(item, index)
+            if self.progress is not None:
+                self.progress.update(looked_up)
 
     def solve_optima(self, keys) -> None:
         def remember(item, index):
@@ -467,6 +489,9 @@ class _Enumerator:
 
         keys = sorted({key for key in keys if self.optimum(key) is not None}, key=lambda k: tuple(-x for x in k[1]))
         items = [item for key in keys for item in self.neighbour_keys(key)]
+        if self.progress is not None and self.progress_grows:
+            self.progress.total += len(items)
+            self.progress.refresh()
         self._solve_missing(lambda item: self.others[item[0]], items, block_of, remember)
 
     def records(self, key, target, neighbours: bool) -> list[dict]:
@@ -540,7 +565,8 @@ def _infeasible(problem: _Problem, low: np.ndarray, high: np.ndarray) -> SearchI
 def search_bits(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: float | None = 4.0, *,
                 bitops_budget: float | None = None, size_budget_bits: float | None = None,
                 costs: Mapping[str, LayerCost] | None = None, weights: Mapping[str, float] | None = None,
-                fixed: Mapping[str, int] | None = None, exact_average: bool = False) -> dict[str, int]:
+                fixed: Mapping[str, int] | None = None, exact_average: bool = False,
+                held: Mapping[str, int] | None = None) -> dict[str, int]:
     """The allocation ``{layer: bits}`` maximising Σ score·bits within the budgets (METHOD.md §6 step 4, Alg. 2).
 
     Args:
@@ -556,6 +582,9 @@ def search_bits(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: 
             the parameter-weighted mean).
         fixed: layers forced to a bit, e.g. ``{"layer1.0.conv1": 8}``.
         exact_average: require ``mean(b) == ω`` as the paper writes, instead of ``≤ ω``.
+        held: quantized layers outside the search at a given bit, e.g. the 1×1 convs the authors leave out
+            (``{name: 8 for name in labkit.hasb.graph.pointwise_convs(model, quantized_layers(model))}``):
+            not in the mean or the objective, counted at their bit in the budgets, included in the allocation.
 
     Exact: HiGHS branch and bound with gap 0 (scores are normalised; allocations whose objectives differ by
     less than ~1e-7 of the optimum count as ties), budgets met to a relative 1e-9 (exactly for integer costs
@@ -564,7 +593,7 @@ def search_bits(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: 
     Raises :class:`SearchInfeasible` (with the smallest feasible budgets) when no allocation fits.
     """
     problem, low, high = _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs, weights,
-                                fixed, exact_average)
+                                fixed, exact_average, held)
     key = problem.snap(low, high)
     (index,) = _solve(problem, [_Block(*key)]) if key is not None else [None]
     if index is None:
@@ -582,7 +611,8 @@ def default_averages(candidates=(8, 6, 4, 2), step: float = STEP) -> np.ndarray:
 def sweep(scores: Mapping[str, float], candidates=(8, 6, 4, 2), averages: Iterable[float] | None = None, *,
           neighbours: bool = True, bitops_budget: float | None = None, size_budget_bits: float | None = None,
           costs: Mapping[str, LayerCost] | None = None, weights: Mapping[str, float] | None = None,
-          fixed: Mapping[str, int] | None = None, exact_average: bool = False) -> list[dict]:
+          fixed: Mapping[str, int] | None = None, exact_average: bool = False,
+          held: Mapping[str, int] | None = None, progress=None) -> list[dict]:
     """The optimum (and, with ``neighbours``, the neighbour SubNets) for every ω of ``averages``.
 
     ``averages`` defaults to :func:`default_averages` (lowest to highest candidate, step 0.05). One record
@@ -590,8 +620,9 @@ def sweep(scores: Mapping[str, float], candidates=(8, 6, 4, 2), averages: Iterab
     ``forced`` (``(layer, bits)`` a neighbour was forced to, else None), ``avg_bits`` (the mean reached),
     ``objective`` (Σ score·bits), ``bitops`` and ``size`` (bits; only with ``costs``, unsearched layers at 32
     bits) and ``allocation``. The same allocation may appear under several ω. Targets no allocation meets
-    are skipped; when none is met, the error of the last one is raised. Other arguments as in
-    :func:`search_bits`.
+    are skipped; when none is met, the error of the last one is raised. ``progress``: a bar over the problems
+    solved (``True`` for a ``tqdm.auto`` bar, or a bar of yours, :mod:`labkit.hasb.progress`). Other arguments
+    as in :func:`search_bits`.
     """
     averages = default_averages(candidates) if averages is None else np.asarray(list(averages), float)
     if not np.all(np.isfinite(averages)):
@@ -599,19 +630,20 @@ def sweep(scores: Mapping[str, float], candidates=(8, 6, 4, 2), averages: Iterab
     if not len(averages):
         return []
     problem, low, high = _build(scores, candidates, float(averages[0]), bitops_budget, size_budget_bits, costs,
-                                weights, fixed, exact_average)
+                                weights, fixed, exact_average, held)
     targets = []
     for average in averages:  # the mean is resource 0: only its bound changes
         low[0] = problem.resources[0].to_sum(float(average)) if exact_average else -math.inf
         high[0] = problem.resources[0].to_sum(float(average))
         targets.append((float(average), low.copy(), high.copy()))
-    return _subnets(problem, targets, neighbours)
+    return _subnets(problem, targets, neighbours, progress)
 
 
 def neighbour_subnets(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_bits: float | None = 4.0, *,
                       bitops_budget: float | None = None, size_budget_bits: float | None = None,
                       costs: Mapping[str, LayerCost] | None = None, weights: Mapping[str, float] | None = None,
-                      fixed: Mapping[str, int] | None = None, exact_average: bool = False) -> list[dict]:
+                      fixed: Mapping[str, int] | None = None, exact_average: bool = False,
+                      held: Mapping[str, int] | None = None) -> list[dict]:
     """The paper's SubNets for one ω: the optimum, then, for each free layer and each other bit, the optimum
     with that layer forced to that bit (infeasible ones left out, repeats removed).
 
@@ -619,17 +651,22 @@ def neighbour_subnets(scores: Mapping[str, float], candidates=(8, 6, 4, 2), avg_
     even the optimum does not exist.
     """
     problem, low, high = _build(scores, candidates, avg_bits, bitops_budget, size_budget_bits, costs, weights, fixed,
-                                exact_average)
+                                exact_average, held)
     return _subnets(problem, [(avg_bits, low, high)], neighbours=True)
 
 
-def _subnets(problem: _Problem, targets: list, neighbours: bool) -> list[dict]:
+def _subnets(problem: _Problem, targets: list, neighbours: bool, progress=None) -> list[dict]:
     """Records of the optimum (and neighbours) for each ``(target_avg_bits, low, high)``; infeasible ones skipped."""
-    enumerator = _Enumerator(problem)
+    from labkit.hasb.progress import progress_bar
+
     keys = [problem.snap(low, high) for _, low, high in targets]
-    enumerator.solve_optima(keys)
-    if neighbours:
-        enumerator.solve_neighbours(keys)
+    # the bar counts problems (optima, then neighbours); its total grows by the neighbours unless a caller set it
+    grows = not hasattr(progress, "update") or getattr(progress, "total", 0) is None
+    with progress_bar(progress, len({key for key in keys if key is not None}), "ILP sweep") as bar:
+        enumerator = _Enumerator(problem, bar, grows)
+        enumerator.solve_optima(keys)
+        if neighbours:
+            enumerator.solve_neighbours(keys)
     records = [record for (average, _, _), key in zip(targets, keys)
                for record in enumerator.records(key, average, neighbours)]
     if not records:
@@ -660,17 +697,18 @@ def pareto_front(points: Iterable[Mapping], x: str = "avg_bits", y: str = "accur
 
 
 def evaluate_subnets(model, allocations: Iterable[Mapping], evaluate_fn: Callable,
-                     recalibrate_fn: Callable | None = None, show_progress: bool = True) -> list[dict]:
+                     recalibrate_fn: Callable | None = None, show_progress: bool = True, progress=None) -> list[dict]:
     """Switch ``model`` to each allocation (``labkit.set_bits``) and measure it with your callbacks.
 
     ``allocations`` are ``{layer: bits}`` mappings or records of :func:`sweep` (with an ``"allocation"``).
     For each distinct allocation: ``recalibrate_fn(model)`` (e.g. re-estimating batch-norm statistics), then
     ``evaluate_fn(model)``, which returns the accuracy (a number) or a dict of metrics. Returns one record
     per input, a copy with ``"accuracy"`` (or the metrics) added. The model's bit-widths are restored afterwards.
+    ``progress``: a bar over the distinct SubNets (``True``/``False``, or a bar of yours, :mod:`labkit.hasb.progress`);
+    by default ``show_progress`` decides.
     """
-    from tqdm.auto import tqdm
-
     from labkit.convert import get_bits, set_bits
+    from labkit.hasb.progress import progress_bar
 
     records = [dict(item) if "allocation" in item else {"allocation": dict(item)} for item in allocations]
     distinct = {}
@@ -679,12 +717,14 @@ def evaluate_subnets(model, allocations: Iterable[Mapping], evaluate_fn: Callabl
     before = get_bits(model)
     results = {}
     try:
-        for key, allocation in tqdm(distinct.items(), desc="SubNets", disable=not show_progress, dynamic_ncols=True):
-            set_bits(model, dict(allocation))
-            if recalibrate_fn is not None:
-                recalibrate_fn(model)
-            metrics = evaluate_fn(model)
-            results[key] = dict(metrics) if isinstance(metrics, Mapping) else {"accuracy": float(metrics)}
+        with progress_bar(show_progress if progress is None else progress, len(distinct), "SubNets") as bar:
+            for key, allocation in distinct.items():
+                set_bits(model, dict(allocation))
+                if recalibrate_fn is not None:
+                    recalibrate_fn(model)
+                metrics = evaluate_fn(model)
+                results[key] = dict(metrics) if isinstance(metrics, Mapping) else {"accuracy": float(metrics)}
+                bar.update(1)
     finally:
         set_bits(model, before)
     for record in records:

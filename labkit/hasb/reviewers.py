@@ -2,7 +2,8 @@
 
 - the HMT distribution per layer: :func:`labkit.hasb.hmt_distribution`;
 - which bit each layer gets with and without HASB at equal average bits: :func:`allocation_comparison`;
-- how much accuracy varies among SubNets with the same average bits: :func:`accuracy_spread`.
+- how much accuracy varies among SubNets with the same average bits: :func:`accuracy_spread`;
+- the ILP SubNets at equal average bits and at equal BitOPs to a uniform model: :func:`equal_cost_subnets`.
 Records are those of :func:`labkit.hasb.sweep` / ``labkit search`` (``search.csv`` rows read back work too).
 """
 from __future__ import annotations
@@ -68,3 +69,56 @@ def sampling_gap(candidates) -> dict:
     return {"candidates": tuple(sorted(sensitive, reverse=True)), "expected_sensitive": expected_sensitive,
             "expected_uniform": expected_uniform, "gap_bits": expected_sensitive - expected_uniform,
             "top_bit_sensitive": sensitive[top], "top_bit_uniform": uniform[top]}
+
+
+def equal_cost_subnets(scores, costs, reference_bits: int, candidates=(8, 6, 4, 2), *, weights=None, held=None,
+                       exact_average: bool = False) -> dict[str, dict]:
+    """The ILP SubNets to set against uniform ``reference_bits``: at equal average bits *and* at equal BitOPs.
+
+    Equal average bits is what the paper compares at (Alg. 2: mean(b) = ω), but it is not a cost: the ILP puts
+    the sensitive layers at high bits, and a layer's BitOPs grow with b², so at the same mean the SubNet can cost
+    much more than the uniform model (issue 10: the lab's 3.00-bit SubNet costs 1.28× uniform 3-bit). So:
+
+    - ``"uniform"``: every searched layer at ``reference_bits`` (need not be a candidate: then it is only a cost
+      reference, ``available`` False);
+    - ``"equal_avg_bits"``: :func:`labkit.hasb.search.search_bits` with ``avg_bits=reference_bits`` (mean ≤ ω, or
+      ``== ω`` with ``exact_average``);
+    - ``"equal_bitops"``: ``search_bits`` with no bound on the mean and ``bitops_budget`` = the uniform model's
+      BitOPs (``Σ MACs·b²``, FP32 layers of ``costs`` at 32 bits and ``held`` layers at their bit on both sides).
+
+    Each entry: ``allocation`` (searched layers, then held ones), ``avg_bits`` (mean over the searched layers,
+    ``weights`` as in ``search_bits``), ``bitops``, ``bitops_ratio`` (to uniform), ``size`` (weight bits),
+    ``objective`` (Σ score·bits) and ``available`` (every bit is a candidate, so the SuperNet can run it); the
+    result also holds ``bitops_budget``, to pass on to ``neighbour_subnets``/``sweep`` for more SubNets at that
+    cost. ``scores``/``costs``/``held`` as in ``search_bits``; ``costs`` is needed
+    (``labkit.hasb.cost.layer_costs(model, example_input)``).
+    """
+    from labkit.hasb.cost import total_bitops, total_size_bits
+    from labkit.hasb.search import search_bits
+    from labkit.quant.ranges import check_bit_set, check_bits
+
+    if costs is None:
+        raise ValueError("equal_cost_subnets needs the layers' costs: pass "
+                         "costs=labkit.hasb.cost.layer_costs(model, example_input).")
+    reference_bits = check_bits(reference_bits, name="reference_bits")
+    bit_set = check_bit_set(candidates)
+    held = dict(held or {})
+    names = list(scores)
+    weight = {name: 1.0 for name in names} if weights is None else {name: float(weights[name]) for name in names}
+
+    def describe(allocation, uniform_bitops=None):
+        bitops = total_bitops(costs, allocation)
+        return {"allocation": dict(allocation),
+                "avg_bits": sum(weight[n] * allocation[n] for n in names) / sum(weight.values()),
+                "bitops": bitops, "bitops_ratio": bitops / uniform_bitops if uniform_bitops else 1.0,
+                "size": total_size_bits(costs, allocation),
+                "objective": sum(float(scores[n]) * allocation[n] for n in names),
+                "available": all(allocation[n] in bit_set for n in names)}
+
+    uniform = describe({**dict.fromkeys(names, reference_bits), **held})
+    budget = uniform["bitops"]
+    options = dict(costs=costs, weights=weights, held=held)
+    at_average = search_bits(scores, bit_set, float(reference_bits), exact_average=exact_average, **options)
+    at_bitops = search_bits(scores, bit_set, None, bitops_budget=budget, **options)
+    return {"uniform": uniform, "equal_avg_bits": describe(at_average, budget),
+            "equal_bitops": describe(at_bitops, budget), "bitops_budget": budget}

@@ -201,19 +201,29 @@ def code_histogram_title(state: dict) -> str:
             f"({total:,} weights, {zeros:.1%} are 0)")
 
 
+def code_histogram_bars(state: dict) -> dict:
+    """The bar properties and axis of :func:`code_histogram_figure`, so a widget can update them in place."""
+    codes, counts = list(state["code_histogram"]), list(state["code_histogram"].values())
+    bits = state["layer_bits"]
+    return {
+        "x": codes, "y": counts, "marker_color": bit_color(bits), "name": f"INT{bits} codes",
+        "title": code_histogram_title(state), "xaxis_title": f"INT{bits} code q_{bits}",
+        "xaxis_range": [codes[0] - 0.5, codes[-1] + 0.5],
+    }
+
+
 def code_histogram_figure(state: dict) -> go.Figure:
     """Bars: how many weights of the shown layer have each integer code of its b-bit range (zeros included).
 
     At 8 bits the codes spread over [-128, 127]; every lower precision is the Double Rounding of those same
     integers (METHOD.md §1, Eq. 2), so the bars merge into 2^b bins.
     """
-    codes, counts = list(state["code_histogram"]), list(state["code_histogram"].values())
-    bits = state["layer_bits"]
-    figure = go.Figure(go.Bar(x=codes, y=counts, marker_color=bit_color(bits), name=f"INT{bits} codes",
+    bars = code_histogram_bars(state)
+    figure = go.Figure(go.Bar(x=bars["x"], y=bars["y"], marker_color=bars["marker_color"], name=bars["name"],
                               hovertemplate="code %{x}: %{y} weights<extra></extra>"))
     figure.update_layout(
-        title=code_histogram_title(state), template="plotly_white", bargap=0.05,
-        xaxis=dict(title=f"INT{bits} code q_{bits}", range=[codes[0] - 0.5, codes[-1] + 0.5]),
+        title=bars["title"], template="plotly_white", bargap=0.05,
+        xaxis=dict(title=bars["xaxis_title"], range=bars["xaxis_range"]),
         yaxis=dict(title="number of weights"), width=520, height=360,
     )
     return figure
@@ -224,16 +234,44 @@ def quant_error_title(state: dict) -> str:
     return f"Relative weight error per layer, ‖Ŵ_b − W_ref‖ / ‖W_ref‖, vs {state['quant_error_reference']}"
 
 
+# A log axis when the errors span more than this factor (a mixed model's 8- and 2-bit layers), a linear one below.
+LOG_AXIS_SPAN = 20.0
+
+
 def quant_error_bars(state: dict) -> dict:
-    """The bar properties of :func:`quant_error_figure` (x, y, colours, texts), so a widget can update them in place."""
+    """The bar properties and y-axis of :func:`quant_error_figure`, so a widget can update them in place.
+
+    The y-axis fits the errors shown: logarithmic when every error is positive and they span more than
+    :data:`LOG_AXIS_SPAN` (so the small errors of 8-bit layers stay visible beside 2-bit ones), otherwise linear
+    from 0 to a little above the largest. When every error is 0 (all layers at the reference precision) the axis
+    keeps a small range and ``note`` says why the bars are flat.
+    """
     names = list(state["quant_error"])
     bits = [state["bits"][name] for name in names]
+    errors = [float(state["quant_error"][name]) for name in names]
+    largest = max(errors, default=0.0)
+    positive = [e for e in errors if e > 0]
+    note = ""
+    if positive and len(positive) == len(errors) and largest / min(positive) > LOG_AXIS_SPAN:
+        low, high = math.log10(min(positive)), math.log10(largest)
+        pad = 0.1 * (high - low)
+        axis_type, axis_range, axis_title = "log", [low - pad, high + 2 * pad], "relative error (log scale)"
+    else:
+        top = largest * 1.15 if largest > 0 else 1e-3
+        axis_type, axis_range, axis_title = "linear", [0.0, top], "relative error"
+        if largest == 0:
+            note = (f"Every layer is at the precision of the reference ({state['quant_error_reference']}): "
+                    "the error is 0. Pick a lower bit-width, or pass reference= the FP32 weights.")
     return {
         "x": names,
-        "y": [state["quant_error"][name] for name in names],
+        "y": errors,
         "marker_color": [bit_color(b) for b in bits],
         "marker_line_width": [3 if name == state["layer"] else 0 for name in names],
         "text": [f"{b}b" for b in bits],
+        "yaxis_type": axis_type,
+        "yaxis_range": axis_range,
+        "yaxis_title": axis_title,
+        "note": note,
     }
 
 
@@ -241,17 +279,21 @@ def quant_error_figure(state: dict) -> go.Figure:
     """Bars: for every quantized layer, the relative error of its dequantized weight at its current bit-width.
 
     The reference is the highest stored precision (so the top bit-width shows 0) or an FP32 state dict. Bar colour
-    and label give each layer's bit-width; the layer whose codes are shown is outlined.
+    and label give each layer's bit-width; the layer whose codes are shown is outlined. The y-axis fits the errors
+    (:func:`quant_error_bars`); a note in the plot says when they are all 0.
     """
     bars = quant_error_bars(state)
     figure = go.Figure(go.Bar(
-        x=bars["x"], y=bars["y"], text=bars["text"], textposition="outside",
+        x=bars["x"], y=bars["y"], text=bars["text"], textposition="outside", cliponaxis=False,
         marker=dict(color=bars["marker_color"], line=dict(color="black", width=bars["marker_line_width"])),
-        hovertemplate="%{x} (%{text}): %{y:.4f}<extra></extra>",
+        hovertemplate="%{x} (%{text}): %{y:.3g}<extra></extra>",
     ))
+    figure.add_annotation(text=bars["note"], visible=bool(bars["note"]), xref="paper", yref="paper", x=0.5, y=0.5,
+                          showarrow=False, font=dict(size=13, color="#444"), bgcolor="rgba(255,255,255,0.8)")
     figure.update_layout(
         title=dict(text=quant_error_title(state), font=dict(size=13)), template="plotly_white",
         xaxis=dict(title="quantized layer (execution order)", tickangle=-45),
-        yaxis=dict(title="relative error", rangemode="tozero"), width=820, height=380,
+        yaxis=dict(title=bars["yaxis_title"], type=bars["yaxis_type"], range=bars["yaxis_range"]),
+        width=820, height=380,
     )
     return figure

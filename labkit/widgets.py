@@ -7,14 +7,15 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
+from labkit.background_logits import BackgroundLogits, eval_logits
 from labkit.convert import get_bits, quantized_layers, set_bits, trained_bits
 from labkit.errors import BitWidthError, LabkitError
 from labkit.evaluate import fixed_subset
 from labkit.quant.ranges import check_bits, int_range
 from labkit.quant.weight import channel_view
 from labkit.rounding_study import code_difference_stats, codes_three_ways, check_tie_rule
-from labkit.viz import (code_histogram_figure, codes_vs_input_figure, codes_vs_input_title, codes_vs_input_traces,
-                        prediction_labels, predictions_figure, predictions_title, quant_error_bars, quant_error_figure,
+from labkit.viz import (code_histogram_bars, code_histogram_figure, codes_vs_input_figure, codes_vs_input_title,
+                        codes_vs_input_traces, prediction_labels, predictions_figure, predictions_title, quant_error_bars, quant_error_figure,
                         quant_error_title)
 
 # ------------------------------------------------------------------ notebook 01: Double Rounding on scalars
@@ -85,9 +86,11 @@ class PrecisionExplorer(widgets.VBox):
             options=[(f"{b} bits", b) for b in choices], value=choices[min(1, len(choices) - 1)],
             description="bit-width", continuous_update=True, layout=widgets.Layout(width="420px"),
         )
+        # Buttons as wide as their labels (ipywidgets' default is a fixed width that cuts "ties to even (torch.round)").
         self.tie_toggle = widgets.ToggleButtons(
             options=[(label, rule) for rule, label in TIE_RULE_LABELS.items()], value=rounding,
-            description="ties",
+            description="ties", style={"button_width": "auto", "description_width": "initial"},
+            layout=widgets.Layout(width="auto"),
         )
         self.state = explorer_state(values, self.scale_h, high_bits, self.slider.value, rounding)
         self.figure = go.FigureWidget(codes_vs_input_figure(self.state["result"]))
@@ -98,7 +101,9 @@ class PrecisionExplorer(widgets.VBox):
         self.figure.add_class("labkit-figure")
         self.slider.observe(self._on_control_change, names="value")
         self.tie_toggle.observe(self._on_control_change, names="value")
-        super().__init__(children=[widgets.HBox([self.slider, self.tie_toggle]), self.figure, self.readout])
+        controls = widgets.HBox([self.slider, self.tie_toggle],
+                                layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        super().__init__(children=[controls, self.figure, self.readout])
 
     def _on_control_change(self, change) -> None:
         if not self._updating:
@@ -199,6 +204,19 @@ def _reference_weight(reference, name: str, layer) -> torch.Tensor:
     return weight
 
 
+def _relative_weight_error(name: str, layer, reference) -> float:
+    """‖Ŵ_b − W_ref‖ / ‖W_ref‖ of ``layer`` at its current bit-width (Eq. 3 dequantized weight)."""
+    codes, step = layer.weight_codes()
+    weight = codes.detach().to("cpu", torch.float32) * channel_view(step.detach().to("cpu", torch.float32), codes)
+    target = _reference_weight(reference, name, layer).cpu()
+    return float((weight - target).norm() / target.norm().clamp_min(1e-12))
+
+
+def logits_key(images: torch.Tensor, layer_bits: dict[str, int]) -> tuple:
+    """The switchboard cache's key for the logits of ``images`` at the per-layer bit-widths ``layer_bits``."""
+    return ("logits", id(images), tuple(images.shape), tuple(layer_bits.items()))
+
+
 def _switchboard_readout(state: dict) -> str:
     bits = state["bits"]
     counts = {}
@@ -233,8 +251,10 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
         reference: FP32 state dict (or model) to measure the weight error against; default the highest stored
             precision (then the error is 0 at the top bit-width).
         compare_to: an earlier state (or its ``predicted`` tensor) to count changed predictions against.
-        cache: a dict the caller keeps to reuse logits of bit settings already run on these images (the widget
-            passes its own; leave None to always run the model).
+        cache: a dict the caller keeps to reuse logits of bit settings already run on these images, and the
+            per-layer weight errors, under :func:`logits_key` and ``("quant_error", layer, bits, id(reference))``
+            (the widget passes its own; leave None to always run the model). Keep one cache per model, batch and
+            reference, and drop it when the model's weights change.
 
     Returns a dict: ``bits`` (every layer's bit-width now set), ``average_bits``, ``precision`` (a label),
     ``accuracy`` (%), ``correct``, ``total``, ``predicted`` (label of every image), ``predictions`` (the first
@@ -245,6 +265,7 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
     (HTML).
     """
     shown = _check_layer(model, layer)
+    reference_id = None if reference is None else id(reference)  # the caller's object, alive while it keeps a cache
     if isinstance(reference, torch.nn.Module):
         reference = reference.state_dict()
     images, labels = torch.as_tensor(images), torch.as_tensor(labels).reshape(-1).long().cpu()
@@ -254,16 +275,10 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
     layer_bits = get_bits(model)
     layers = quantized_layers(model)
 
-    key = (id(images), tuple(images.shape), tuple(layer_bits.items()))
+    key = logits_key(images, layer_bits)
     logits = cache.get(key) if cache is not None else None
     if logits is None:
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            logits = model(images.to(device)).float().cpu()
-        finally:
-            model.train(was_training)
+        logits = eval_logits(model, images, layer_bits)
         if cache is not None:
             cache[key] = logits
     probabilities = logits.softmax(dim=1)
@@ -288,11 +303,13 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
 
     quant_error = {}
     for name, module in layers.items():
-        layer_codes, step = module.weight_codes()
-        step = channel_view(step.detach().to("cpu", torch.float32), layer_codes)
-        weight = layer_codes.detach().to("cpu", torch.float32) * step
-        target = _reference_weight(reference, name, module).cpu()
-        quant_error[name] = float((weight - target).norm() / target.norm().clamp_min(1e-12))
+        error_key = ("quant_error", name, layer_bits[name], reference_id)
+        error = cache.get(error_key) if cache is not None else None
+        if error is None:
+            error = _relative_weight_error(name, module, reference)
+            if cache is not None:
+                cache[error_key] = error
+        quant_error[name] = error
 
     changed, compared_to = None, None
     if compare_to is not None:
@@ -325,18 +342,42 @@ def switchboard_state(model, images, labels, bits, *, class_names=None, samples:
     return state
 
 
+# The slider's extra position while the model is not at one of its uniform bit-widths (layers differ).
+MIXED = "mixed"
+ACCORDION_TITLE = "Per-layer bit-widths"
+# Shown once with the switchboard: a slider on its "mixed" position looks indeterminate (hatched, faded handle).
+_MIXED_STYLE = ("<style>.labkit-mixed .noUi-handle{opacity:.55;background:repeating-linear-gradient(45deg,#ddd 0 3px,"
+                "#fff 3px 6px)}.labkit-mixed .widget-readout{font-style:italic;color:#a05a00}</style>")
+
+
+def _is_uniform(bits: dict[str, int]) -> bool:
+    return len(set(bits.values())) == 1
+
+
 class PrecisionSwitchboard(widgets.VBox):
     """Live precision switching of a whole model: a bit-width slider, per-layer selectors, three figures, a readout.
 
     The slider sets one bit-width for every quantized layer (and resets the per-layer selectors); changing one
-    selector makes the model mixed precision. A dropdown picks the layer whose integer codes are drawn. Figures:
-    sample predictions, the code histogram of that layer, and the per-layer weight error. Everything comes from
-    :func:`switchboard_state`; ``update(bits=..., layer_bits=..., layer=...)`` moves the controls from code.
-    The widget switches ``model`` itself (it is left at the bits shown).
+    selector makes the model mixed precision: the slider then sits on an extra position "mixed" and a label beside
+    it gives the average bits, so it never claims a uniform bit-width the model is not at. A dropdown picks the
+    layer whose integer codes are drawn. Figures: sample predictions, the code histogram of that layer, and the
+    per-layer weight error. Everything comes from :func:`switchboard_state`; ``update(bits=..., layer_bits=...,
+    layer=...)`` moves the controls from code. The widget switches ``model`` itself (it is left at the bits shown).
+
+    ``bits`` is where it starts: None (the top trained bit-width), one bit-width, or an allocation
+    ``{layer: bits}`` (e.g. a HASB search result, :func:`labkit.search_bits`); an allocation is remembered and a
+    button labelled ``allocation_label`` brings the model back to it after any move (:meth:`restore_allocation`).
+
+    Speed (issue 11): with ``precompute=True`` the trained uniform bit-widths are run on a copy of the model in a
+    background thread as soon as the widget opens (:class:`labkit.background_logits.BackgroundLogits`), so a
+    uniform move only reads a cache; a per-layer change runs one forward pass of the batch. Figures update in
+    place (only the trace and layout properties that changed are sent to the browser). The cache assumes the
+    model's weights do not change while the widget is open: open a new switchboard after training further.
     """
 
     def __init__(self, model, images, labels, *, class_names=None, bit_choices=None, samples: int = 8,
-                 layer: str | None = None, reference=None, mean=None, std=None):
+                 layer: str | None = None, reference=None, mean=None, std=None, bits=None,
+                 allocation_label: str = "given allocation", precompute: bool = True):
         from labkit.data import CIFAR10_MEAN, CIFAR10_STD
 
         trained = trained_bits(model)
@@ -344,7 +385,10 @@ class PrecisionSwitchboard(widgets.VBox):
                           for b in (trained if bit_choices is None else bit_choices)}, reverse=True)
         if not choices:
             raise BitWidthError(f"bit_choices is empty; pass some of the trained bit-widths {list(trained)}.")
+        layer = _check_layer(model, layer)
+        names = list(quantized_layers(model))
         self.model = model
+        self.choices = choices
         self.images = torch.as_tensor(images)
         self.labels = torch.as_tensor(labels)
         self.class_names = class_names
@@ -352,31 +396,45 @@ class PrecisionSwitchboard(widgets.VBox):
         self.reference = reference.state_dict() if isinstance(reference, torch.nn.Module) else reference
         self.mean = CIFAR10_MEAN if mean is None else mean
         self.std = CIFAR10_STD if std is None else std
+        self.allocation_label = str(allocation_label)
+        start = self._full_bits(bits, names, choices[0])
+        self.allocation = dict(start) if isinstance(bits, dict) else None
         self._cache: dict = {}
         self._updating = False
-        layer = _check_layer(model, layer)
-        names = list(quantized_layers(model))
 
         self.slider = widgets.SelectionSlider(
-            options=[(f"{b} bits", b) for b in choices], value=choices[0], description="bit-width",
+            options=self._slider_options(start), value=self._slider_value(start), description="bit-width",
             continuous_update=False, layout=widgets.Layout(width="420px"),
+        )
+        self.mixed_label = widgets.HTML(layout=widgets.Layout(width="auto", margin="0 12px"))
+        self.allocation_button = widgets.Button(
+            description=self.allocation_label, icon="undo", layout=widgets.Layout(
+                width="auto", display=None if self.allocation else "none"),
+            tooltip=(f"back to the {self.allocation_label} (average "
+                     f"{sum(start.values()) / len(start):.2f} bits)") if self.allocation else "",
         )
         self.layer_dropdown = widgets.Dropdown(options=names, value=layer, description="codes of",
                                                layout=widgets.Layout(width="280px"))
         self.layer_selectors = {
-            name: widgets.Dropdown(options=[(f"{b} bits", b) for b in trained], value=choices[0], description=name,
+            name: widgets.Dropdown(options=[(f"{b} bits", b) for b in trained], value=start[name], description=name,
                                    style={"description_width": "120px"}, layout=widgets.Layout(width="230px"))
             for name in names
         }
         self.mixed_box = widgets.Accordion(
             children=[widgets.GridBox(list(self.layer_selectors.values()),
                                       layout=widgets.Layout(grid_template_columns="repeat(3, 240px)"))],
-            titles=("bits per layer (mixed precision)",), selected_index=None,
+            titles=(ACCORDION_TITLE,), selected_index=None,
         )
         # The top precision is the baseline the readout counts changed predictions against.
-        self.baseline = self._state({name: choices[0] for name in names}, layer, compare=False)
-        self.state = self.baseline
-        self.readout = widgets.HTML(value=self.state["readout"])
+        top = {name: choices[0] for name in names}
+        self.baseline = self._state(top, layer, compare=False)
+        self.state = self._state(start, layer)  # from the cache when it is the top precision
+        self.precompute = None
+        jobs = [(logits_key(self.images, {name: b for name in names}), b) for b in choices]
+        jobs = [(key, b) for key, b in jobs if key not in self._cache]
+        if precompute and jobs:
+            self.precompute = BackgroundLogits(model, self.images, jobs, self._cache).start()
+        self.readout = widgets.HTML()
         self.predictions_figure = go.FigureWidget(predictions_figure(self.images, self.state, self.mean, self.std))
         self.histogram_figure = go.FigureWidget(code_histogram_figure(self.state))
         self.error_figure = go.FigureWidget(quant_error_figure(self.state))
@@ -384,29 +442,64 @@ class PrecisionSwitchboard(widgets.VBox):
         # Stable CSS hooks for the real-browser test and for custom styling.
         self.slider.add_class("labkit-precision-slider")
         self.readout.add_class("labkit-readout")
+        self.mixed_label.add_class("labkit-mixed-label")
+        self.allocation_button.add_class("labkit-allocation-button")
         for selector in self.layer_selectors.values():
             selector.add_class("labkit-layer-selector")
         for figure in self.figures:
             figure.add_class("labkit-figure")
+        self._show_controls(self.state)
+        self.readout.value = self._readout(self.state)
         self.slider.observe(self._on_slider_change, names="value")
         for selector in self.layer_selectors.values():
             selector.observe(self._on_control_change, names="value")
         self.layer_dropdown.observe(self._on_control_change, names="value")
-        self.redraw()
+        self.allocation_button.on_click(lambda _: self.restore_allocation())
+        controls = widgets.HBox([self.slider, self.mixed_label, self.allocation_button, self.layer_dropdown],
+                                layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         super().__init__(children=[
-            widgets.HBox([self.slider, self.layer_dropdown]), self.mixed_box, self.readout,
+            widgets.HTML(_MIXED_STYLE), controls, self.mixed_box, self.readout,
             self.predictions_figure, self.histogram_figure, self.error_figure,
         ])
 
-    def _state(self, bits, layer, compare: bool = True) -> dict:
-        return switchboard_state(self.model, self.images, self.labels, bits, class_names=self.class_names,
-                                 samples=self.samples, layer=layer, reference=self.reference,
-                                 compare_to=self.baseline if compare else None, cache=self._cache)
+    # ---------------------------------------------------------------- bits and controls
+    def _full_bits(self, bits, names: list[str], top: int) -> dict[str, int]:
+        """``bits`` (None, an int or ``{layer: bits}``) as every layer's bit-width, checked before anything moves."""
+        trained = trained_bits(self.model)
+        if bits is None:
+            return {name: top for name in names}
+        if not isinstance(bits, dict):
+            value = check_bits(bits, allowed=trained)
+            return {name: value for name in names}
+        unknown = sorted(set(bits) - set(names), key=str)
+        if unknown:
+            raise LabkitError(f"no quantized layer named {unknown}; the quantized layers are {names}.")
+        full = {name: top for name in names}
+        full.update({name: check_bits(value, allowed=trained, name=f"bits[{name!r}]") for name, value in bits.items()})
+        return full
+
+    def _on_slider_position(self, bits: dict[str, int]) -> bool:
+        return _is_uniform(bits) and next(iter(bits.values())) in self.choices
+
+    def _slider_options(self, bits: dict[str, int]) -> list:
+        options = [(f"{b} bits", b) for b in self.choices]
+        if not self._on_slider_position(bits):
+            label = MIXED if not _is_uniform(bits) else f"all {next(iter(bits.values()))} bits"
+            options.append((label, MIXED))
+        return options
+
+    def _slider_value(self, bits: dict[str, int]):
+        return next(iter(bits.values())) if self._on_slider_position(bits) else MIXED
 
     @property
     def layer_bits(self) -> dict[str, int]:
         """The bit-width every per-layer selector shows now."""
         return {name: selector.value for name, selector in self.layer_selectors.items()}
+
+    @property
+    def is_mixed(self) -> bool:
+        """True while the layers are not all at one bit-width."""
+        return not _is_uniform(self.layer_bits)
 
     def _set_all_layers(self, bits: int) -> None:
         for selector in self.layer_selectors.values():
@@ -414,6 +507,8 @@ class PrecisionSwitchboard(widgets.VBox):
 
     def _on_slider_change(self, change) -> None:
         if self._updating:
+            return
+        if change["new"] == MIXED:  # only there while mixed: nothing to change
             return
         self._updating = True
         try:
@@ -426,11 +521,58 @@ class PrecisionSwitchboard(widgets.VBox):
         if not self._updating:
             self.redraw()
 
+    def _show_controls(self, state: dict) -> None:
+        """Slider, mixed label and allocation button as ``state`` is: never a uniform position for a mixed model."""
+        bits = state["bits"]
+        self._updating = True
+        try:
+            options = self._slider_options(bits)
+            if list(self.slider.options) != options:
+                self.slider.options = options
+            self.slider.value = self._slider_value(bits)
+        finally:
+            self._updating = False
+        if self._on_slider_position(bits):
+            self.slider.remove_class("labkit-mixed")
+            self.mixed_label.value = ""
+        else:
+            self.slider.add_class("labkit-mixed")
+            what = "mixed" if not _is_uniform(bits) else "uniform, off the slider"
+            at = " (the {})".format(html.escape(self.allocation_label)) if bits == self.allocation else ""
+            self.mixed_label.value = f"<b>{what}: avg {state['average_bits']:.2f} bits</b>{at}"
+        self.allocation_button.disabled = self.allocation is None or bits == self.allocation
+
+    def _readout(self, state: dict) -> str:
+        if self.allocation is None:
+            return state["readout"]
+        label = html.escape(self.allocation_label)
+        average = sum(self.allocation.values()) / len(self.allocation)
+        note = (f"This is the {label} (average {average:.2f} bits)." if state["bits"] == self.allocation else
+                f"The {label} (average {average:.2f} bits) is one click away: press “{label}”.")
+        return f"{state['readout']}<div style='font-family: sans-serif; color: #555'>{note}</div>"
+
+    # ---------------------------------------------------------------- state and figures
+    def _state(self, bits, layer, compare: bool = True) -> dict:
+        return switchboard_state(self.model, self.images, self.labels, bits, class_names=self.class_names,
+                                 samples=self.samples, layer=layer, reference=self.reference,
+                                 compare_to=self.baseline if compare else None, cache=self._cache)
+
+    def _current_state(self) -> dict:
+        bits = self.layer_bits
+        key = logits_key(self.images, bits)
+        background = self.precompute
+        if background is not None and key not in self._cache:
+            background.claim(key)  # waits only for the job running now; otherwise this thread computes it
+        if background is None or key in self._cache:
+            return self._state(bits, self.layer_dropdown.value)
+        with background.paused():
+            return self._state(bits, self.layer_dropdown.value)
+
     def update(self, bits: int | None = None, layer_bits: dict | None = None, layer: str | None = None) -> dict:
         """Move the controls (``bits`` for the whole model first, then ``layer_bits`` per layer, ``layer`` for the
         code histogram), redraw once, and return the new state. Nothing moves when an argument is invalid."""
         if bits is not None:
-            bits = check_bits(bits, allowed=[value for _, value in self.slider.options])
+            bits = check_bits(bits, allowed=self.choices)
         if layer_bits is not None:
             unknown = sorted(set(layer_bits) - set(self.layer_selectors), key=str)
             if unknown:
@@ -443,7 +585,6 @@ class PrecisionSwitchboard(widgets.VBox):
         self._updating = True
         try:
             if bits is not None:
-                self.slider.value = bits
                 self._set_all_layers(bits)
             for name, value in (layer_bits or {}).items():
                 self.layer_selectors[name].value = value
@@ -453,41 +594,67 @@ class PrecisionSwitchboard(widgets.VBox):
             self._updating = False
         return self.redraw()
 
+    def restore_allocation(self) -> dict:
+        """Back to the allocation the switchboard was opened with (what the allocation button does)."""
+        if self.allocation is None:
+            raise LabkitError("this switchboard was opened without an allocation; pass bits={layer: bits, ...} to "
+                              "precision_switchboard to have one to come back to.")
+        return self.update(layer_bits=self.allocation)
+
     def redraw(self) -> dict:
-        """Recompute :func:`switchboard_state` for the current controls and push it into the figures and readout."""
-        self.state = self._state(self.layer_bits, self.layer_dropdown.value)
+        """Recompute :func:`switchboard_state` for the current controls and push it into the figures and readout.
+
+        Only what differs is sent to the browser: plotly's ``batch_update`` sends one message per figure with the
+        changed properties (none when nothing changed), ipywidgets one per control whose value changed.
+        """
+        self.state = self._current_state()
+        self._show_controls(self.state)
         texts, colors = prediction_labels(self.state)
         with self.predictions_figure.batch_update():
             for annotation, text, color in zip(self.predictions_figure.layout.annotations, texts, colors):
                 annotation.text = text
                 annotation.font.color = color
             self.predictions_figure.layout.title.text = predictions_title(self.state)
-        histogram = code_histogram_figure(self.state)
+        histogram = code_histogram_bars(self.state)
         with self.histogram_figure.batch_update():
-            bar, new = self.histogram_figure.data[0], histogram.data[0]
-            bar.x, bar.y, bar.marker.color, bar.name = new.x, new.y, new.marker.color, new.name
-            self.histogram_figure.layout.title.text = histogram.layout.title.text
-            self.histogram_figure.layout.xaxis.title.text = histogram.layout.xaxis.title.text
-            self.histogram_figure.layout.xaxis.range = histogram.layout.xaxis.range
+            bar = self.histogram_figure.data[0]
+            bar.x, bar.y, bar.marker.color, bar.name = histogram["x"], histogram["y"], histogram["marker_color"], \
+                histogram["name"]
+            layout = self.histogram_figure.layout
+            layout.title.text = histogram["title"]
+            layout.xaxis.title.text = histogram["xaxis_title"]
+            layout.xaxis.range = histogram["xaxis_range"]
         bars = quant_error_bars(self.state)
         with self.error_figure.batch_update():
             bar = self.error_figure.data[0]
             bar.x, bar.y, bar.text = bars["x"], bars["y"], bars["text"]
             bar.marker.color = bars["marker_color"]
             bar.marker.line.width = bars["marker_line_width"]
-            self.error_figure.layout.title.text = quant_error_title(self.state)
-        self.readout.value = self.state["readout"]
+            layout = self.error_figure.layout
+            layout.title.text = quant_error_title(self.state)
+            layout.yaxis.type, layout.yaxis.range = bars["yaxis_type"], bars["yaxis_range"]
+            layout.yaxis.title.text = bars["yaxis_title"]
+            layout.annotations[0].text, layout.annotations[0].visible = bars["note"], bool(bars["note"])
+        self.readout.value = self._readout(self.state)
         return self.state
 
 
 def precision_switchboard(model, images, labels, *, class_names=None, bit_choices=None, samples: int = 8,
-                          layer: str | None = None, reference=None, mean=None, std=None) -> PrecisionSwitchboard:
+                          layer: str | None = None, reference=None, mean=None, std=None, bits=None,
+                          allocation_label: str = "given allocation", precompute: bool = True) -> PrecisionSwitchboard:
     """A live view of a whole multi-precision model as its bit-width switches, uniformly or per layer (notebooks
     03/04/06): accuracy on a fixed batch, sample predictions, integer codes of a layer, per-layer weight error.
 
     ``bit_choices`` defaults to the trained bits; ``mean``/``std`` (default CIFAR-10's) undo the images'
     normalization for display; ``reference`` is an FP32 state dict for the weight error (default: the stored INT-h
-    weights).
+    weights). ``bits`` is where it opens (default the top trained bit-width); an allocation ``{layer: bits}`` opens
+    it there, marked mixed, with a button ``allocation_label`` (e.g. ``"searched allocation"``) that comes back to
+    it. ``precompute`` runs the trained uniform bit-widths in a background thread as the widget opens.
     """
     return PrecisionSwitchboard(model, images, labels, class_names=class_names, bit_choices=bit_choices,
-                                samples=samples, layer=layer, reference=reference, mean=mean, std=std)
+                                samples=samples, layer=layer, reference=reference, mean=mean, std=std, bits=bits,
+                                allocation_label=allocation_label, precompute=precompute)
+
+
+# Kept here so a notebook or benchmark finds it beside the widget it measures.
+from labkit.switchboard_latency import measure_switchboard_latency  # noqa: E402  (no import cycle: lazy inside)

@@ -232,7 +232,9 @@ def test_moving_the_slider_redraws_and_resets_every_layer(model, board):
 def test_changing_one_layer_selector_makes_the_model_mixed(model, board):
     board.update(bits=6)
     board.layer_selectors["layer2.1.conv2"].value = 2  # what picking in the dropdown does
-    assert board.slider.value == 6
+    assert board.slider.value == "mixed" and board.slider.label == "mixed"  # not "6 bits": the model is not at 6
+    average = (6 * (len(board.layer_selectors) - 1) + 2) / len(board.layer_selectors)
+    assert f"mixed: avg {average:.2f} bits" in board.mixed_label.value
     assert board.state["bits"]["layer2.1.conv2"] == 2 and get_bits(model)["layer2.1.conv2"] == 2
     assert set(board.state["bits"].values()) == {6, 2}
     assert "mixed precision" in board.readout.value and "1 × 2 bits" in board.readout.value

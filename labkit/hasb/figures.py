@@ -57,17 +57,88 @@ def allocation_figure(rows: list[dict], title: str = "Bits per layer at equal av
     return figure
 
 
+SERIES_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _subnet_accuracies(records) -> dict[float, list[tuple[float, float | None]]]:
+    """``{average bits: [(accuracy, standard deviation over seeds or None), ...]}``, each SubNet once.
+
+    A record's ``accuracy`` is a number, or a list of per-seed accuracies (then the point is their mean and the
+    error bar their standard deviation).
+    """
+    import statistics
+
+    from labkit.hasb.reviewers import _allocation
+
+    groups: dict[float, dict] = {}
+    for record in records:
+        value = record["accuracy"]
+        if isinstance(value, (list, tuple)):
+            values = [float(v) for v in value]
+            point = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+        else:
+            point = (float(value), None)
+        key = tuple(sorted(_allocation(record).items())) if "allocation" in record else len(groups)
+        groups.setdefault(round(float(record["avg_bits"]), 6), {})[key] = point
+    return {average: list(points.values()) for average, points in groups.items()}
+
+
 def spread_figure(spreads: dict[str, list[dict]], title: str = "Accuracy spread of SubNets at equal average bits"):
-    """Min–max bands and means of SubNet accuracy per average bit-width, one series per SuperNet."""
+    """The accuracy of the SubNets at each average bit-width, one colour per SuperNet, side by side.
+
+    ``spreads``: ``{SuperNet name: records}``. Records of :func:`labkit.hasb.sweep` / ``search.csv`` (with
+    ``accuracy``, a number or a list of per-seed values, and ``avg_bits``) give, per average bit-width and
+    SuperNet, a box (quartiles, median; dashed line: mean) and every SubNet as a dot, jittered sideways inside its
+    SuperNet's slot, with a ±1 standard deviation error bar where there are seeds. Rows of
+    :func:`labkit.hasb.reviewers.accuracy_spread` (``mean``/``min``/``max``) give the mean with a min-to-max bar.
+    The average bit-widths are evenly spaced categories on the x axis (labelled with their value); the
+    SuperNets' slots are offset around each, so nothing is drawn on top of another series.
+    """
+    import numpy as np
+
+    names = list(spreads)
+    groups = {name: (_subnet_accuracies(rows) if rows and "accuracy" in rows[0] else
+                     {round(float(r["avg_bits"]), 6): r for r in rows}) for name, rows in spreads.items()}
+    averages = sorted({average for group in groups.values() for average in group})
+    position = {average: i for i, average in enumerate(averages)}
+    slot = 0.8 / max(len(names), 1)  # width of one SuperNet's slot at one average
+    rng = np.random.default_rng(0)  # the same jitter every time
     figure = go.Figure()
-    for name, rows in spreads.items():
-        x = [r["avg_bits"] for r in rows]
-        figure.add_scatter(x=x, y=[r["mean"] for r in rows], name=f"{name}: mean", mode="lines+markers",
-                           error_y={"type": "data", "symmetric": False,
-                                    "array": [r["max"] - r["mean"] for r in rows],
-                                    "arrayminus": [r["mean"] - r["min"] for r in rows]})
-    figure.update_layout(title=title + " (bars: min to max)", xaxis_title="average bits",
-                         yaxis_title="top-1 (%)", height=420)
+    for i, name in enumerate(names):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        offset = (i - (len(names) - 1) / 2) * slot
+        group = groups[name]
+        if spreads[name] and "accuracy" in spreads[name][0]:
+            box_x, box_y, dot_x, dot_y, dot_error = [], [], [], [], []
+            for average, points in group.items():
+                centre = position[average] + offset
+                box_x += [centre] * len(points)
+                box_y += [accuracy for accuracy, _ in points]
+                dot_x += list(centre + rng.uniform(-0.3, 0.3, len(points)) * slot)
+                dot_y += [accuracy for accuracy, _ in points]
+                dot_error += [0.0 if error is None else error for _, error in points]
+            figure.add_box(x=box_x, y=box_y, name=name, legendgroup=name, marker_color=colour, boxmean=True,
+                           boxpoints=False, width=0.7 * slot, hoverinfo="y")
+            seeds = any(error for error in dot_error)
+            figure.add_scatter(x=dot_x, y=dot_y, mode="markers", name=f"{name}: SubNets", legendgroup=name,
+                               showlegend=False, marker=dict(color=colour, size=5, opacity=0.7),
+                               error_y=dict(type="data", array=dot_error, visible=seeds, thickness=1),
+                               hovertemplate="%{y:.2f} %<extra>" + name + "</extra>")
+        else:
+            rows = [group[average] for average in averages if average in group]
+            figure.add_scatter(x=[position[round(float(r["avg_bits"]), 6)] + offset for r in rows],
+                               y=[r["mean"] for r in rows], name=f"{name}: mean", mode="markers",
+                               marker=dict(color=colour, size=9),
+                               error_y={"type": "data", "symmetric": False,
+                                        "array": [r["max"] - r["mean"] for r in rows],
+                                        "arrayminus": [r["mean"] - r["min"] for r in rows]})
+    has_records = any(rows and "accuracy" in rows[0] for rows in spreads.values())
+    how = "box: quartiles and median, dashed: mean; dots: SubNets" if has_records else "dots: mean; bars: min to max"
+    figure.update_layout(title=f"{title} ({how})", xaxis_title="average bit-width of the SubNet",
+                         yaxis_title="top-1 accuracy (%)", height=420, boxmode="overlay", template="plotly_white",
+                         legend_title_text="SuperNet")
+    figure.update_xaxes(tickmode="array", tickvals=list(range(len(averages))),
+                        ticktext=[f"{average:.2f}" for average in averages], range=[-0.5, len(averages) - 0.5])
     return figure
 
 

@@ -224,6 +224,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.check < 0:
         raise LabkitError(f"--check {args.check}: pass a number of images >= 1 (or leave it out).")
+    if (args.bits or "").strip() == "switchable":
+        return _export_switchable(args)
     bits = _parse_export_bits(args.bits)
     model, arch_name, run_dataset = load_for_eval(args.checkpoint)
     out = Path(args.out)
@@ -250,6 +252,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_switchable(args: argparse.Namespace) -> int:
+    """``--bits switchable``: one file, the bit-width an input of the graph (labkit.export_switchable)."""
+    from pathlib import Path
+
+    from labkit.errors import LabkitError
+    from labkit.evaluate import load_for_eval
+    from labkit.export import default_example_input
+    from labkit.export_switchable import SWITCHABLE_OPSET, SwitchableSession, export_switchable_onnx, verify_switchable
+
+    if args.weight_sign != "keep":
+        raise LabkitError("--weight-sign fold applies to one precision; the switchable file keeps the model's codes.")
+    model, arch_name, run_dataset = load_for_eval(args.checkpoint)
+    out = Path(args.out)
+    export_switchable_onnx(model, out, opset=args.opset or SWITCHABLE_OPSET)
+    session = SwitchableSession(out)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB, switchable, bits {session.bit_set}): INT8 codes of "
+          f"{len(session.layers)} layers stored once; input 'bits' (int64): [1] for one bit-width everywhere or "
+          f"[{len(session.layers)}] for one per layer, in the order of the metadata labkit.layers")
+    if args.check:
+        batches, described = _check_batches(arch_name, run_dataset, args.check, default_example_input(model))
+        for bits, result in verify_switchable(model, out, batches).items():
+            print(f"  {bits}-bit: onnxruntime vs PyTorch on {described}: max |Δ logit| {result['max_abs_diff']:.3g} "
+                  f"(max |logit| {result['max_abs_logit']:.3g}), top-1 agreement "
+                  f"{100 * result['top1_agreement']:.2f} %")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -261,7 +290,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="run folder or .safetensors INT checkpoint")
     p.add_argument("--bits", default=None, help="a trained bit-width (default: the highest), name=bits,name=bits for "
-                   "mixed precision, or a .json file with {layer: bits}")
+                   "mixed precision, a .json file with {layer: bits}, or 'switchable': one file for every bit-width "
+                   "(INT8 codes stored once, the precision an int64 input 'bits' of the graph)")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--check", type=int, default=0, metavar="N", help="verify on N images in onnxruntime")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, 13..25 (default: the lowest that holds the "
@@ -281,7 +311,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{entry.name:<22} {entry.group:<10} {entry.label}")
         return 0
     profile = args.profile or active_profile()
-    run_suite(args.out, args.rows or None, profile=profile, show_progress=not args.quiet)
+    run_suite(args.out, args.rows or None, profile=profile, show_progress=not args.quiet, seeds=args.seeds)
     if args.publish:
         print("published:", ", ".join(publish(args.out)) or "nothing (no finished row)")
     print(markdown_table(collect(args.out)))
@@ -300,6 +330,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", nargs="*", help="only these rows (see --list)")
     p.add_argument("--profile", choices=("smoke", "laptop", "paper"), help="default: $LABKIT_PROFILE")
     p.add_argument("--publish", action="store_true", help="copy the finished rows' run files into docs/results/suite")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train seeds 0..N-1 of every row (seed k > 0 in <row>-seed<k>; default 1)")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce)

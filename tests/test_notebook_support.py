@@ -100,12 +100,13 @@ def test_scale_gradient_curve_without_second_rounding_is_pytorchs_learnable_fake
 
 def _hand_double_rounding(v: float, shift: int, qmin: int, qmax: int) -> tuple[int, float, float]:
     """(code, ∂x̂/∂x, ∂x̂/∂s per unit of s_l) at s_h = 1 for x = v·2^Δ: round(x), then round-half-even of
-    round(x)/2^Δ (exact, with Fractions), clip; gradient q − v inside, q at a clipped point."""
+    round(x)/2^Δ (exact, with Fractions), clip; gradient q − v inside, q at a clipped point. "Inside" follows the
+    stored INT-h code: the l-bit code is not clipped and round(x) is inside the INT-h range (issue 10 item 6)."""
     x = v * 2.0 ** shift
     first = round(x)  # Python's round: half to even, like torch.round
     second = round(Fraction(first, 2 ** shift))  # exact half-to-even second rounding
     code = min(max(second, qmin), qmax)
-    inside = code == second
+    inside = code == second and qmin * 2 ** shift <= first <= (qmax + 1) * 2 ** shift - 1
     return code, float(inside), (code - v) if inside else float(code)
 
 
@@ -396,9 +397,9 @@ def test_rows_are_unique_and_config_overrides_merge_the_profile_budget():
     from labkit.reproduction import PROFILE_BUDGETS, ROWS, SUITE_BUDGET, row
 
     names = [r.name for r in ROWS]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 16
     assert {"lsq-8", "lsq-6", "lsq-4", "lsq-2"} <= set(names)
-    assert {"432-geometric-a2", "8642-alrs-gradterm-a2", "8642-alrs-pskd-a2"} <= set(names)
+    assert {"432-geometric-a2", "8642-alrs-gradterm-a2", "8642-alrs-pskd-a2", "8642-alrs-a1-steps"} <= set(names)
     assert PROFILE_BUDGETS["laptop"] == SUITE_BUDGET and PROFILE_BUDGETS["paper"] == {}
     noalrs = row("8642-noalrs-a2")
     assert noalrs.config_overrides("laptop") == {**SUITE_BUDGET, "alrs": "none"}

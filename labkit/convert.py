@@ -34,7 +34,7 @@ def _example_input(model: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def plan_quantization(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding",
                       rounding: str = "half_even", keep_first_last: bool = True, example_input=None,
-                      grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "max") -> dict:
+                      grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "auto") -> dict:
     """Decide what ``quantize_model`` will do, by one probe forward pass in eval mode."""
     bit_set = check_bit_set(bits)
     if method not in WEIGHT_METHODS:
@@ -108,14 +108,16 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
 
 def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding", *,
                    rounding: str = "half_even", keep_first_last: bool = True, example_input=None,
-                   grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "max",
+                   grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "auto",
                    inplace: bool = False) -> nn.Module:
     """A multi-precision copy of ``model``: conv/linear layers quantized, batch norms switchable.
 
     Args:
         bits: the bit set trained jointly, e.g. ``(8, 6, 4, 2)``; the highest is stored (Double Rounding).
         method: ``"double_rounding"`` (the paper), or a baseline of METHOD.md §7: ``"floor"``
-            (truncation from the stored integers, AdaBits/Bit-Mixer), ``"per_bit_scale"`` (separate
+            (truncation from the stored integers, AdaBits/Bit-Mixer, dequantized at the cell centre),
+            ``"floor_naive"`` (the same codes dequantized at the cell bottom, as the authors' ablation),
+            ``"matquant"`` (Matryoshka slicing of unsigned min–max codes), ``"per_bit_scale"`` (separate
             learned scales per bit on FP32 masters, MultiQuant / "Ours*"), ``"any_precision"`` (DoReFa on
             FP32 masters), ``"lsq"`` (one dedicated single-precision model).
         rounding: tie rule of the second rounding (``"half_even"`` or ``"half_up"``).
@@ -123,8 +125,12 @@ def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_ro
         example_input: a batch for the probe pass; by default random data shaped for the first layer.
         grad_mode: ``"lsq"`` or ``"reference"`` scale gradients (see :mod:`labkit.quant.lsq`).
         act_init: ``"lsq"`` or ``"percentile"`` initialisation of activation scales.
-        weight_init: ``"max"`` (max|W| per channel, nothing clipped) or ``"reference"`` (the authors'
-            ``max(|μ ± 3σ|) / 2^(h−1)``, which clips outliers) initialisation of the weight scales.
+        weight_init: initialisation of the weight scales: ``"auto"`` (each method's measured default:
+            ``"max"`` for Double Rounding and truncation, ``"mse"`` for the per-bit scales of
+            ``"per_bit_scale"`` and ``"lsq"``, min–max for ``"matquant"``), ``"max"`` (max|W| per channel, nothing
+            clipped), ``"reference"`` (the authors' ``max(|μ ± 3σ|) / 2^(h−1)``, which clips outliers), ``"mse"``
+            (the per-channel step of least squared error at each bit-width) or ``"lsq"`` (LSQ's
+            ``2 · mean|W| / sqrt(Q_P)``).
         inplace: modify ``model`` itself instead of a deep copy.
     """
     plan = plan_quantization(model, bits, method, rounding, keep_first_last, example_input, grad_mode, act_init,

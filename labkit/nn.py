@@ -39,9 +39,15 @@ class QuantizedLayer:
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(integer weight codes, per-output-channel step) at the current bit-width.
 
-        ``codes * step`` (broadcast over channels) equals :meth:`quantized_weight`.
+        ``(codes + weight_code_offset()) * step`` (broadcast over channels) equals :meth:`quantized_weight`
+        bit for bit; the offset is 0 for every method but the centred truncation (``method="floor"``) and
+        MatQuant (its zero point), so there ``codes * step`` alone is the weight.
         """
         return self.weight_quantizer.codes(self.weight, self.bits)
+
+    def weight_code_offset(self) -> torch.Tensor:
+        """Per-output-channel offset ``o`` (in code units) of the current bit-width: weight = ``(codes + o) · step``."""
+        return self.weight_quantizer.code_offset(self.bits)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_quantizer(x, self.bits)
@@ -55,7 +61,7 @@ class QConv2d(QuantizedLayer, nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", *, bits=(8, 6, 4, 2), method="double_rounding",
-                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="max",
+                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="auto",
                  pre_padding=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self.pre_padding = pre_padding
@@ -81,7 +87,7 @@ class QLinear(QuantizedLayer, nn.Linear):
     """``nn.Linear`` with quantized input and weight."""
 
     def __init__(self, in_features, out_features, bias=True, *, bits=(8, 6, 4, 2), method="double_rounding",
-                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="max"):
+                 rounding="half_even", act_signed=False, grad_mode="lsq", act_init="lsq", weight_init="auto"):
         super().__init__(in_features, out_features, bias)
         self._setup_quantizers(bits, method, rounding, act_signed, grad_mode, act_init, weight_init)
 

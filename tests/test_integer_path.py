@@ -1,8 +1,9 @@
 """The integer path of quantized layers (DESIGN.md: ``weight_codes()`` / ``quantized_weight()``; METHOD.md §1, §7).
 
-For the nested methods (Double Rounding and the floor/truncation baseline) every lower precision must come from
-the stored INT-h codes by :func:`labkit.quant.double_round` alone, and ``codes × step`` must reproduce the
-training fake-quant weight bit for bit, for either tie rule. Also: bit switching of whole models
+For the nested methods (Double Rounding and the two truncation baselines) every lower precision must come from
+the stored INT-h codes by :func:`labkit.quant.double_round` alone, and ``(codes + offset) × step`` must reproduce
+the training fake-quant weight bit for bit, for either tie rule (the offset is 0 but for the centred truncation,
+``method="floor"``, where it is the cell centre ``1/2 − 2^−(Δ+1)``). Also: bit switching of whole models
 (``set_bits`` / ``get_bits``, switchable BN) and the baselines' codes.
 """
 import pytest
@@ -14,7 +15,7 @@ import labkit
 from labkit.nn import QConv2d, QLinear, SwitchableBatchNorm2d
 from labkit.quant import double_round, int_range
 
-NESTED_METHODS = ("double_rounding", "floor")
+NESTED_METHODS = ("double_rounding", "floor", "floor_naive")
 TIE_RULES = ("half_even", "half_up")
 BIT_SETS = ((8, 6, 4, 2), (4, 3, 2))
 
@@ -34,7 +35,13 @@ def channel(step, like):
 
 
 def effective_rule(method, rounding):
-    return "floor" if method == "floor" else rounding
+    return "floor" if method.startswith("floor") else rounding
+
+
+def expected_offset(method, shift):
+    """The cell centre of the centred truncation, from its definition: the mean of the 2^Δ INT-h codes a truncated
+    code covers, minus the bottom one, in l-bit code units: ((2^Δ − 1) / 2) / 2^Δ."""
+    return ((2 ** shift - 1) / 2) / 2 ** shift if method == "floor" else 0.0
 
 
 def check_layer_integer_path(layer, method, rounding):
@@ -48,13 +55,16 @@ def check_layer_integer_path(layer, method, rounding):
     for bits in bit_set:
         layer.set_bits(bits)
         codes, step = layer.weight_codes()
+        offset = layer.weight_code_offset()
         weight = layer.quantized_weight()
         assert not codes.dtype.is_floating_point and codes.dtype != torch.bool, codes.dtype
         assert codes.shape == layer.weight.shape
-        assert step.shape == (layer.weight.shape[0],)
+        assert step.shape == offset.shape == (layer.weight.shape[0],)
+        assert torch.equal(offset, torch.full_like(offset, expected_offset(method, high - bits))), f"bits={bits}"
         qmin, qmax = int_range(bits)
         assert int(codes.min()) >= qmin and int(codes.max()) <= qmax, f"bits={bits}"
-        assert torch.equal(codes.to(weight.dtype) * channel(step, weight), weight.detach()), f"bits={bits}"
+        dequantized = (codes.to(weight.dtype) + channel(offset, weight)) * channel(step, weight)
+        assert torch.equal(dequantized, weight.detach()), f"bits={bits}"
         assert torch.equal(codes, double_round(high_codes, high, bits, rule)), f"bits={bits}"
         # the tied scale: s_l = s_h · 2^Δ, exactly
         assert torch.equal(step, high_step * 2.0 ** (high - bits)), f"bits={bits}"
@@ -105,7 +115,7 @@ def test_floor_method_ignores_the_tie_rule(method):
         up.set_bits(bits)
         differs[bits] = not torch.equal(even.weight_codes()[0], up.weight_codes()[0])
     assert not differs[8]  # the stored codes never depend on the tie rule
-    if method == "floor":
+    if method.startswith("floor"):
         assert not any(differs.values())
     else:  # the two tie rules of Double Rounding really differ somewhere at a lower bit
         assert any(differs.values())
@@ -155,7 +165,8 @@ def test_quantize_model_integer_path(method, rounding, bit_set):
         labkit.set_bits(model, bits)
         for layer in layers.values():
             codes, step = layer.weight_codes()
-            assert torch.equal(codes.float() * channel(step, codes), layer.quantized_weight().detach())
+            offset = channel(layer.weight_code_offset(), codes)
+            assert torch.equal((codes.float() + offset) * channel(step, codes), layer.quantized_weight().detach())
 
 
 def test_set_bits_and_get_bits_int_and_dict():
@@ -222,6 +233,7 @@ def test_baselines_forward_backward_and_codes(method, bit_set):
             codes, step = layer.weight_codes()
             weight = layer.quantized_weight().detach()
             assert not codes.dtype.is_floating_point
+            assert torch.equal(layer.weight_code_offset(), torch.zeros(layer.weight.shape[0]))
             dequantized = codes.to(weight.dtype) * channel(step, weight)
             if method == "any_precision":
                 levels = 2 ** bits - 1

@@ -215,9 +215,25 @@ def numpy_forward(w, scale_h, high, low, rule):
     return np.clip(u, qmin, qmax) * channel(scale_h.detach().double(), w).numpy() * 2.0 ** (high - low)
 
 
-def clip_ste(ste, code, qmin, qmax):
-    """``clip(ste)`` whose gradient is 1 for ``qmin <= code <= qmax`` (inclusive) and 0 outside."""
-    inside = (code >= qmin) & (code <= qmax)
+def numpy_stored_code_saturated(w, scale_h, high):
+    """Where the stored INT-h code ``clip(round(W/s_h))`` is saturated, i.e. ``round(W/s_h)`` is outside the INT-h range."""
+    v = w.detach().double().numpy() / channel(scale_h.detach().double(), w).numpy()
+    first = np.round(v)
+    return (first < -(2 ** (high - 1))) | (first > 2 ** (high - 1) - 1)
+
+
+def numpy_ste_mask(w, scale_h, high, low, rule):
+    """Clipped-STE mask at bit l that follows the stored code: the l-bit code is inside its range and the INT-h
+    code is not saturated (a weight whose stored code is saturated gets 0 at every bit, as it does at h)."""
+    qmin, qmax = signed_bounds(low)
+    u = numpy_double_rounding_code(w, scale_h, high, low, rule)
+    return (u >= qmin) & (u <= qmax) & ~numpy_stored_code_saturated(w, scale_h, high)
+
+
+def clip_ste(ste, code, qmin, qmax, inside=None):
+    """``clip(ste)`` whose gradient is 1 where ``inside`` (default: ``qmin <= code <= qmax``, inclusive), else 0."""
+    if inside is None:
+        inside = (code >= qmin) & (code <= qmax)
     return torch.where(inside, ste, code.clamp(qmin, qmax))
 
 
@@ -229,9 +245,9 @@ def straight_through_reference(w, scale_h, high, low, rule):
     * ``ste = u + (v_l − v_l.detach())`` has the *value* u (the double-rounded code, exactly: the bracket is 0)
       and the *derivative* of ``v_l = W / s_l`` (the straight-through estimator: ∂u/∂v_l := 1). It is the
       ``x + (round(x) − x).detach()`` trick rearranged so that the value is the integer exactly.
-    * ``clip`` passes the gradient where ``qmin ≤ u ≤ qmax`` (inclusive, Eq. 13: "1 inside [n, p]") and blocks
-      it elsewhere: the clipped STE. The mask is decided on the rounded (unclipped) code, as PyTorch's learnable
-      fake-quant does at Δ = 0. (It is written with ``torch.where``, not ``torch.clamp``: torch 2.14's clamp
+    * ``clip`` passes the gradient where ``qmin ≤ u ≤ qmax`` (inclusive, Eq. 13: "1 inside [n, p]") and the
+      stored INT-h code is not saturated, and blocks it elsewhere: the clipped STE of the stored code. The mask
+      is decided on the rounded (unclipped) codes, as PyTorch's learnable fake-quant does at Δ = 0. (It is written with ``torch.where``, not ``torch.clamp``: torch 2.14's clamp
       backward blocks the gradient at exactly ``x == min``/``max``, which would drop the boundary codes.)
     * Then ``∂x̂/∂W = s_l · 1[inside] / s_l = 1[inside]`` and
       ``∂x̂/∂s_l = clamp(u) + s_l · 1[inside] · (−W / s_l²) = (u − v_l)`` inside, ``qmin``/``qmax`` outside —
@@ -247,7 +263,8 @@ def straight_through_reference(w, scale_h, high, low, rule):
     v_low = w / s_low
     code = torch.from_numpy(numpy_double_rounding_code(w, scale_h, high, low, rule)).to(w.dtype)
     ste = code + (v_low - v_low.detach())
-    return s_low * clip_ste(ste, code, qmin, qmax)
+    inside = torch.from_numpy(numpy_ste_mask(w, scale_h, high, low, rule))
+    return s_low * clip_ste(ste, code, qmin, qmax, inside)
 
 
 LOW_CASES = [((8, 6, 4, 2), 6), ((8, 6, 4, 2), 4), ((8, 6, 4, 2), 2), ((4, 3, 2), 3), ((4, 3, 2), 2)]
@@ -289,9 +306,7 @@ def test_lower_bit_forward_and_gradients_equal_straight_through_reference(shape,
     (ref * grad_out).sum().backward()
     assert torch.equal(out, ref.detach())
     # weight gradient: exactly grad_out times the clipped-STE mask
-    qmin, qmax = signed_bounds(low)
-    u = numpy_double_rounding_code(w, scale, high, low, rule)
-    mask = torch.from_numpy((u >= qmin) & (u <= qmax))
+    mask = torch.from_numpy(numpy_ste_mask(w, scale, high, low, rule))
     assert 0 < mask.sum() < mask.numel(), "the test weights should clip some elements, not all"
     assert torch.equal(gw, grad_out * mask)
     torch.testing.assert_close(gw, w_ref.grad, rtol=1e-15, atol=0)  # autograd's (dy·s_l)/s_l is dy up to 1 ulp

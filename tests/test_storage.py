@@ -217,9 +217,10 @@ def test_lower_bit_codes_come_from_the_stored_int8_codes(saved):
             assert torch.equal(codes, double_round(stored, high, low, expected_rounding)), f"{name} at {low} bits"
             expected_codes, expected_step = trained.weight_codes()
             assert torch.equal(codes, expected_codes) and torch.equal(step, expected_step), f"{name} at {low} bits"
-            # codes * step is what the forward uses
+            # (codes + offset) * step is what the forward uses (offset: 0, or the cell centre of method="floor")
             view = step.view(-1, *([1] * (codes.dim() - 1)))
-            assert torch.equal(layer.quantized_weight(), codes.to(torch.float32) * view)
+            offset = layer.weight_code_offset().view(-1, *([1] * (codes.dim() - 1)))
+            assert torch.equal(layer.quantized_weight(), (codes.to(torch.float32) + offset) * view)
         layer.set_bits(high)
         trained.set_bits(high)
     # 4 bits from 8: the brief's spot check, spelled out

@@ -6,12 +6,15 @@ from labkit.quant.baselines import DoReFaWeightQuantizer, PerBitScaleWeightQuant
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, quantize_codes
 from labkit.quant.ranges import check_bit_set, check_bits, int_range
 from labkit.quant.rounding import ROUNDING_RULES, double_round
-from labkit.quant.weight import DoubleRoundingWeightQuantizer, LsqWeightQuantizer, WeightQuantizer
+from labkit.quant.weight import (SCALE_INITS, DoubleRoundingWeightQuantizer, LsqWeightQuantizer,
+                                 TruncationWeightQuantizer, WeightQuantizer)
 
 #: ``method=`` name → (weight quantizer class, forced tie rule or None). METHOD.md §7.
+#: ``"floor"`` is truncation dequantized at the cell centre (fair); ``"floor_naive"`` at the cell bottom (biased).
 WEIGHT_METHODS = {
     "double_rounding": (DoubleRoundingWeightQuantizer, None),
-    "floor": (DoubleRoundingWeightQuantizer, "floor"),
+    "floor": (TruncationWeightQuantizer, "floor"),
+    "floor_naive": (DoubleRoundingWeightQuantizer, "floor"),
     "per_bit_scale": (PerBitScaleWeightQuantizer, None),
     "any_precision": (DoReFaWeightQuantizer, None),
     "lsq": (LsqWeightQuantizer, None),
@@ -19,7 +22,7 @@ WEIGHT_METHODS = {
 
 
 def make_weight_quantizer(method: str, out_channels: int, bits, rounding: str = "half_even", grad_mode: str = "lsq",
-                          init: str = "max") -> WeightQuantizer:
+                          init: str = "auto") -> WeightQuantizer:
     """Build the weight quantizer that ``method=`` names (see :data:`WEIGHT_METHODS`)."""
     if method not in WEIGHT_METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {sorted(WEIGHT_METHODS)}.")
@@ -34,6 +37,8 @@ __all__ = [
     "LsqWeightQuantizer",
     "PerBitScaleWeightQuantizer",
     "ROUNDING_RULES",
+    "SCALE_INITS",
+    "TruncationWeightQuantizer",
     "WEIGHT_METHODS",
     "WeightQuantizer",
     "check_bit_set",

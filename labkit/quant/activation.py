@@ -6,7 +6,9 @@ post-ReLU (MobileNetV2 linear bottlenecks, residual sums) the signed variant qua
 signed b-bit range with a learned offset ``β`` per bit-width (LSQ+, METHOD.md §2 [ref-code]).
 
 Scales are initialised on first use from the data: the LSQ rule ``2 · mean|X| / sqrt(p)`` or, with
-``init="percentile"``, the 0.1/99.9 percentile range divided by the number of steps.
+``init="percentile"``, the 0.1/99.9 percentile range divided by the number of steps; with the percentile rule
+the signed variant's offset maps the code range onto that percentile range (``β = p0.1 − qmin · s``), so only
+the tails are clipped on data that is not centred on 0. (With the LSQ rule the offset starts at 0.)
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, bits: int) -> None:
-        """Set the scale of ``bits`` from a batch (and the offset of the signed variant to its centre)."""
+        """Set the scale of ``bits`` from a batch (and, with the percentile rule, the offset of the signed variant so
+        that its code range covers the percentile range: the range is centred on the data, not on 0)."""
         index = self.index(bits)
         qmin, qmax = int_range(bits, signed=self.signed)
         x = x.detach()
@@ -59,11 +62,16 @@ class ActivationQuantizer(nn.Module):
             low, high = torch.quantile(sample, torch.tensor([0.001, 0.999], device=sample.device))
             if not self.signed:
                 low = low.clamp_min(0.0)
-            scale = (high - low) / (qmax - qmin)
-            if self.training and _world_size() > 1:  # every process starts from rank 0's scale
-                scale = scale.reshape(1).to(x.dtype).contiguous()
-                torch.distributed.broadcast(scale, src=0)
-                scale = scale[0]
+            scale = ((high - low) / (qmax - qmin)).clamp_min(1e-8)
+            # Signed: the offset maps the code range onto the percentile range, qmin·s + β = low and
+            # qmax·s + β = high, so data that is not centred on 0 (e.g. in [−1, 5]) is not clipped.
+            offset = low - qmin * scale if self.signed else None
+            if self.training and _world_size() > 1:  # every process starts from rank 0's scale (and offset)
+                packed = torch.stack([scale, offset if offset is not None else scale]).to(x.dtype).contiguous()
+                torch.distributed.broadcast(packed, src=0)
+                scale, offset = packed[0], (packed[1] if offset is not None else None)
+            if offset is not None:
+                self.offset[str(bits)].copy_(offset)
         else:
             # Under DDP every process must start from the same scale: that of the global batch.
             totals = torch.stack([x.abs().sum(dtype=torch.float64),

@@ -2,12 +2,15 @@
 
 - :class:`PerBitScaleWeightQuantizer` — MultiQuant / EQ-Net and the paper's "Ours*": a separate learned
   per-channel LSQ scale for every bit-width on shared FP32 weights. Better at 2 bits, 4× the storage.
+  Each per-bit scale starts where a careful LSQ user would start it for that bit-width (``init="auto"``:
+  see :data:`PER_BIT_INIT_MEASUREMENT`), not from the 8-bit rule scaled up.
 - :class:`DoReFaWeightQuantizer` — Any-Precision DNN: DoReFa quantization of the FP32 masters at every
   bit-width, ``Ŵ = E · (2 · round(k · t) / k − 1)`` with ``t = tanh(W) / (2 max|tanh W|) + 1/2``,
   ``k = 2^b − 1`` and ``E = mean|W|``; no learned parameters.
 
 The floor/truncation baseline (AdaBits / Bit-Mixer) and dedicated LSQ models share the Double Rounding
-quantizer's code (``rounding="floor"`` and :class:`~labkit.quant.weight.LsqWeightQuantizer`).
+quantizer's code (:class:`~labkit.quant.weight.TruncationWeightQuantizer` and
+:class:`~labkit.quant.weight.LsqWeightQuantizer`); the Matryoshka slicing baseline is :mod:`labkit.quant.matquant`.
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ class PerBitScaleWeightQuantizer(WeightQuantizer):
     """Unshared per-bit LSQ scales on FP32 master weights (MultiQuant, the paper's "Ours*")."""
 
     method = "per_bit_scale"
+    default_init = "max"  # MEASURE
 
     def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
-                 init: str = "max"):
+                 init: str = "auto"):
         super().__init__(bits, init)
         self.grad_mode = grad_mode
         # One parameter per bit-width, so an optimizer step at one precision leaves the others untouched.
@@ -61,7 +65,7 @@ class DoReFaWeightQuantizer(WeightQuantizer):
     method = "any_precision"
 
     def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
-                 init: str = "max"):
+                 init: str = "auto"):
         super().__init__(bits, init)
         self.out_channels = out_channels
 

@@ -285,8 +285,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="export one precision of a checkpoint to ONNX (QuantizeLinear/DequantizeLinear)",
         description="Write one precision (uniform or mixed per layer) of an INT checkpoint or run folder as an ONNX "
         "QDQ graph: INT8/INT4/INT2 weight codes derived from the stored integers -> DequantizeLinear, activations "
-        "through QuantizeLinear -> Clip -> DequantizeLinear. --check N compares it with PyTorch in onnxruntime on N test "
-        "images (random inputs when the data set is not available).",
+        "through QuantizeLinear -> Clip -> DequantizeLinear. --check N compares it with PyTorch in onnxruntime on N "
+        "test images (random inputs when the data set is not available). --bits switchable writes one file for every "
+        "trained bit-width instead: the INT8 codes once, the precision an int64 input 'bits' of the graph.",
     )
     p.add_argument("checkpoint", help="run folder or .safetensors INT checkpoint")
     p.add_argument("--bits", default=None, help="a trained bit-width (default: the highest), name=bits,name=bits for "

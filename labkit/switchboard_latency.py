@@ -67,10 +67,11 @@ def measure_switchboard_latency(model, images, labels, *, fp32_model=None, round
 
     Returns a dict of medians in milliseconds: ``open_ms`` (until the widget exists), ``precompute_ms`` (after
     that, until the background is done), ``forward_ms`` (the quantized model), ``fp32_forward_ms`` (or None),
-    ``uniform_move_ms`` / ``uniform_move_max_ms``, ``per_layer_move_ms``, their ratios to the forward passes
-    (``uniform_per_forward``, ``per_layer_per_forward``, ``uniform_per_fp32_forward``,
-    ``per_layer_per_fp32_forward``), the goals (``uniform_goal_ms``, ``per_layer_goal_ms`` = forward + 150 ms)
-    and whether they are met, the messages and JSON bytes each kind of move sends, and the setting (``images``,
+    ``uniform_move_ms`` / ``uniform_move_max_ms``, ``per_layer_move_ms``, ``per_layer_extra_ms`` (a per-layer move
+    minus the forward pass timed just before it); ratios to the forward pass timed just before each move, median
+    over moves (``uniform_per_forward``, ``per_layer_per_forward``, ``uniform_per_fp32_forward``,
+    ``per_layer_per_fp32_forward``); the goals (``uniform_goal_ms`` = 150, ``per_layer_extra_goal_ms`` = 150)
+    and whether they are met; the messages and JSON bytes each kind of move sends; and the setting (``images``,
     ``threads``, ``device``).
     """
     from labkit.widgets import precision_switchboard
@@ -126,9 +127,20 @@ def measure_switchboard_latency(model, images, labels, *, fp32_model=None, round
     for name in names[:layer_moves]:
         move(lambda: setattr(board.layer_selectors[name], "value", low), per_layer, layer_traffic)
 
-    forward_ms = statistics.median(forwards)
-    fp32_ms = statistics.median(fp32_forwards) if fp32_forwards else None
-    uniform_ms, per_layer_ms = statistics.median(uniform), statistics.median(per_layer)
+    # Ratios and differences per move against the forward pass timed just before it, then the median: robust to
+    # load that changes during the measurement (other processes on the same cores).
+    uniform_forwards, layer_forwards = forwards[:len(uniform)], forwards[len(uniform):]
+    median = statistics.median
+    forward_ms = median(forwards)
+    fp32_ms = median(fp32_forwards) if fp32_forwards else None
+    uniform_ms, per_layer_ms = median(uniform), median(per_layer)
+    extra_ms = median(move - forward for move, forward in zip(per_layer, layer_forwards))
+
+    def per_fp32(times: list, offset: int):
+        if not fp32_forwards:
+            return None
+        return median(t / f for t, f in zip(times, fp32_forwards[offset:]))
+
     result = {
         "images": int(images.shape[0]),
         "threads": torch.get_num_threads(),
@@ -140,19 +152,20 @@ def measure_switchboard_latency(model, images, labels, *, fp32_model=None, round
         "uniform_move_ms": uniform_ms,
         "uniform_move_max_ms": max(uniform),
         "per_layer_move_ms": per_layer_ms,
-        "uniform_per_forward": uniform_ms / forward_ms,
-        "per_layer_per_forward": per_layer_ms / forward_ms,
-        "uniform_per_fp32_forward": uniform_ms / fp32_ms if fp32_ms else None,
-        "per_layer_per_fp32_forward": per_layer_ms / fp32_ms if fp32_ms else None,
+        "per_layer_extra_ms": extra_ms,
+        "uniform_per_forward": median(t / f for t, f in zip(uniform, uniform_forwards)),
+        "per_layer_per_forward": median(t / f for t, f in zip(per_layer, layer_forwards)),
+        "uniform_per_fp32_forward": per_fp32(uniform, 0),
+        "per_layer_per_fp32_forward": per_fp32(per_layer, len(uniform)),
         "uniform_goal_ms": UNIFORM_GOAL_MS,
-        "per_layer_goal_ms": forward_ms + PER_LAYER_EXTRA_MS,
+        "per_layer_extra_goal_ms": PER_LAYER_EXTRA_MS,
         "uniform_goal_met": uniform_ms <= UNIFORM_GOAL_MS,
-        "per_layer_goal_met": per_layer_ms <= forward_ms + PER_LAYER_EXTRA_MS,
+        "per_layer_goal_met": extra_ms <= PER_LAYER_EXTRA_MS,
         "uniform_moves": len(uniform),
         "per_layer_moves": len(per_layer),
-        "messages_per_uniform_move": statistics.median(r["messages"] for r in uniform_traffic),
-        "bytes_per_uniform_move": statistics.median(r["bytes"] for r in uniform_traffic),
-        "messages_per_layer_move": statistics.median(r["messages"] for r in layer_traffic),
-        "bytes_per_layer_move": statistics.median(r["bytes"] for r in layer_traffic),
+        "messages_per_uniform_move": median(r["messages"] for r in uniform_traffic),
+        "bytes_per_uniform_move": median(r["bytes"] for r in uniform_traffic),
+        "messages_per_layer_move": median(r["messages"] for r in layer_traffic),
+        "bytes_per_layer_move": median(r["bytes"] for r in layer_traffic),
     }
     return result

@@ -260,7 +260,7 @@ def quant_error_bars(state: dict) -> dict:
         top = largest * 1.15 if largest > 0 else 1e-3
         axis_type, axis_range, axis_title = "linear", [0.0, top], "relative error"
         if largest == 0:
-            note = (f"Every layer is at the precision of the reference ({state['quant_error_reference']}): "
+            note = (f"Every layer is at the precision of the reference ({state['quant_error_reference']}):<br>"
                     "the error is 0. Pick a lower bit-width, or pass reference= the FP32 weights.")
     return {
         "x": names,
@@ -271,6 +271,7 @@ def quant_error_bars(state: dict) -> dict:
         "yaxis_type": axis_type,
         "yaxis_range": axis_range,
         "yaxis_title": axis_title,
+        "yaxis_showticklabels": largest > 0,  # no made-up scale under bars that are all 0
         "note": note,
     }
 
@@ -293,7 +294,8 @@ def quant_error_figure(state: dict) -> go.Figure:
     figure.update_layout(
         title=dict(text=quant_error_title(state), font=dict(size=13)), template="plotly_white",
         xaxis=dict(title="quantized layer (execution order)", tickangle=-45),
-        yaxis=dict(title=bars["yaxis_title"], type=bars["yaxis_type"], range=bars["yaxis_range"]),
+        yaxis=dict(title=bars["yaxis_title"], type=bars["yaxis_type"], range=bars["yaxis_range"],
+                   showticklabels=bars["yaxis_showticklabels"]),
         width=820, height=380,
     )
     return figure

@@ -634,6 +634,7 @@ class PrecisionSwitchboard(widgets.VBox):
             layout.title.text = quant_error_title(self.state)
             layout.yaxis.type, layout.yaxis.range = bars["yaxis_type"], bars["yaxis_range"]
             layout.yaxis.title.text = bars["yaxis_title"]
+            layout.yaxis.showticklabels = bars["yaxis_showticklabels"]
             layout.annotations[0].text, layout.annotations[0].visible = bars["note"], bool(bars["note"])
         self.readout.value = self._readout(self.state)
         return self.state

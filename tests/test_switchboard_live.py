@@ -196,9 +196,9 @@ def test_measure_switchboard_latency_reports_ratios_and_goals(model, batch):
     result = measure_switchboard_latency(model, *batch, fp32_model=fp32, rounds=1, layer_moves=2)
     assert result["uniform_moves"] == len(BITS) and result["per_layer_moves"] == 2
     assert result["images"] == 24 and result["forward_ms"] > 0 and result["fp32_forward_ms"] > 0
-    assert result["uniform_per_forward"] == pytest.approx(result["uniform_move_ms"] / result["forward_ms"])
-    assert result["per_layer_goal_ms"] == pytest.approx(result["forward_ms"] + 150.0)
+    assert 0 < result["uniform_per_forward"] and 0 < result["per_layer_per_fp32_forward"]
     assert result["uniform_goal_met"] == (result["uniform_move_ms"] <= 150.0)
+    assert result["per_layer_goal_met"] == (result["per_layer_extra_ms"] <= 150.0)
     assert result["messages_per_uniform_move"] > 0 and result["bytes_per_layer_move"] > 0
 
 
@@ -322,10 +322,11 @@ def test_the_error_chart_is_not_a_blank_axis_at_the_stored_precision(model, batc
     assert list(figure.data[0].y) == [0.0] * len(state["quant_error"])
     note = figure.layout.annotations[0]
     assert note.visible and "error is 0" in note.text and "reference=" in note.text
+    assert figure.layout.yaxis.showticklabels is False  # no scale under bars that are all 0
     assert figure.layout.yaxis.title.text == "relative error" and figure.layout.xaxis.title.text
     low = switchboard_state(model, images, labels, 4)
     bars = quant_error_bars(low)
-    assert bars["yaxis_type"] == "linear" and bars["note"] == ""
+    assert bars["yaxis_type"] == "linear" and bars["note"] == "" and bars["yaxis_showticklabels"]
     assert bars["yaxis_range"] == [0.0, pytest.approx(1.15 * max(low["quant_error"].values()))]
 
 
@@ -351,7 +352,7 @@ def test_the_board_updates_the_error_axis_in_place(model, batch):
     board = open_board(model, batch)
     assert board.error_figure.layout.annotations[0].visible  # opens at 8 bits: all errors 0, said so
     board.slider.value = 2
-    assert not board.error_figure.layout.annotations[0].visible
+    assert not board.error_figure.layout.annotations[0].visible and board.error_figure.layout.yaxis.showticklabels
     assert board.error_figure.layout.yaxis.range[1] == pytest.approx(1.15 * max(board.state["quant_error"].values()))
 
 

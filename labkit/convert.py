@@ -126,7 +126,7 @@ def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_ro
         grad_mode: ``"lsq"`` or ``"reference"`` scale gradients (see :mod:`labkit.quant.lsq`).
         act_init: ``"lsq"`` or ``"percentile"`` initialisation of activation scales.
         weight_init: initialisation of the weight scales: ``"auto"`` (each method's measured default:
-            ``"max"`` for Double Rounding and truncation, ``"mse"`` for the per-bit scales of
+            ``"max"`` for Double Rounding and truncation, LSQ's rule ``"lsq"`` for the per-bit scales of
             ``"per_bit_scale"`` and ``"lsq"``, min–max for ``"matquant"``), ``"max"`` (max|W| per channel, nothing
             clipped), ``"reference"`` (the authors' ``max(|μ ± 3σ|) / 2^(h−1)``, which clips outliers), ``"mse"``
             (the per-channel step of least squared error at each bit-width) or ``"lsq"`` (LSQ's

@@ -304,3 +304,62 @@ def test_load_int_model_keeps_its_integer_path_until_it_trains(tmp_path):
     assert all(q.stored_codes is not None for q in quantizers)
     loaded(x)  # a training forward
     assert all(q.stored_codes is None for q in quantizers)
+
+
+# ============================================================================ item 2: per-bit scale inits
+
+
+def test_per_bit_scales_start_at_lsq_rule_of_their_own_bit_width():
+    """Gaussian weights: LSQ's rule gives the 2-bit step 2·mean|W| ≈ 1.596σ, so the codes at 0 are |W| < s/2, a
+    fraction erf(0.798/√2) ≈ 0.575 (the max rule put ~95 % there: its 2-bit step is max|W| ≈ 4σ)."""
+    torch.manual_seed(0)
+    weight = torch.randn(16, 4096)
+    quantizer = labkit.quant.make_weight_quantizer("per_bit_scale", 16, BITS)
+    quantizer.reset_scale(weight)
+    for bits in BITS:
+        qmax = 2 ** (bits - 1) - 1
+        expected = 2 * weight.abs().mean(dim=1) / math.sqrt(qmax)
+        torch.testing.assert_close(quantizer.scale[str(bits)].detach(), expected)
+    codes, _ = quantizer.codes(weight, 2)
+    zero = float((codes == 0).float().mean())
+    s = float(2 * math.sqrt(2 / math.pi))  # 2·E|Z|, in units of σ
+    assert zero == pytest.approx(math.erf(s / 2 / math.sqrt(2)), abs=0.01)
+
+
+def test_dedicated_lsq_starts_at_lsq_rule_and_double_rounding_keeps_max():
+    torch.manual_seed(1)
+    weight = torch.randn(4, 300)
+    lsq = labkit.quant.make_weight_quantizer("lsq", 4, (2,))
+    lsq.reset_scale(weight)
+    torch.testing.assert_close(lsq.scale.detach(), 2 * weight.abs().mean(dim=1))
+    dr = labkit.quant.make_weight_quantizer("double_rounding", 4, BITS)
+    dr.reset_scale(weight)
+    torch.testing.assert_close(dr.scale.detach(), weight.abs().amax(dim=1) / 127)
+    assert dr.init == "max" and lsq.init == "lsq"
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_mse_init_is_the_least_squares_step_up_to_its_grid(bits):
+    """Against a dense brute force (10,000 steps): the chosen step's squared error is within 0.1 % of the best."""
+    from labkit.quant.weight import mse_scale_init
+
+    torch.manual_seed(bits)
+    weight = torch.randn(3, 500, dtype=torch.float64) * torch.tensor([[0.01], [0.1], [1.0]])
+    weight[:, 0] *= 8  # an outlier per channel
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def error(w, s):
+        return float(((w / s).round().clamp(qmin, qmax) * s - w).square().sum())
+
+    got = mse_scale_init(weight, bits)
+    for c in range(3):
+        top = float(weight[c].abs().max()) / qmax
+        best = min(error(weight[c], top * k / 10_000) for k in range(1, 10_001))
+        assert error(weight[c], float(got[c])) <= best * 1.001
+
+
+def test_weight_init_auto_is_the_plan_default_and_rejects_unknown_rules():
+    model = labkit.quantize_model(small_net(), BITS, example_input=torch.randn(2, 3, 12, 12))
+    assert model.labkit_quant["weight_init"] == "auto"
+    with pytest.raises(ValueError, match="weight_init"):
+        labkit.quantize_model(small_net(), BITS, example_input=torch.randn(2, 3, 12, 12), weight_init="median")

@@ -2,8 +2,8 @@
 
 - :class:`PerBitScaleWeightQuantizer` — MultiQuant / EQ-Net and the paper's "Ours*": a separate learned
   per-channel LSQ scale for every bit-width on shared FP32 weights. Better at 2 bits, 4× the storage.
-  Each per-bit scale starts where a careful LSQ user would start it for that bit-width (``init="auto"``:
-  see :data:`PER_BIT_INIT_MEASUREMENT`), not from the 8-bit rule scaled up.
+  Each per-bit scale starts where a careful LSQ user would start it for that bit-width (``init="auto"``, see
+  :class:`PerBitScaleWeightQuantizer`), not from the ``max`` rule, which leaves ~90 % of the 2-bit codes at 0.
 - :class:`DoReFaWeightQuantizer` — Any-Precision DNN: DoReFa quantization of the FP32 masters at every
   bit-width, ``Ŵ = E · (2 · round(k · t) / k − 1)`` with ``t = tanh(W) / (2 max|tanh W|) + 1/2``,
   ``k = 2^b − 1`` and ``E = mean|W|``; no learned parameters.
@@ -23,10 +23,34 @@ from labkit.quant.weight import WeightQuantizer, channel_view, scale_init
 
 
 class PerBitScaleWeightQuantizer(WeightQuantizer):
-    """Unshared per-bit LSQ scales on FP32 master weights (MultiQuant, the paper's "Ours*")."""
+    """Unshared per-bit LSQ scales on FP32 master weights (MultiQuant, the paper's "Ours*", METHOD.md §7).
+
+    What its authors do: MultiQuant / EQ-Net learn a separate LSQ step per bit-width on shared FP32 weights; the
+    paper's "Ours*" row (Table 2) unshares the Double Rounding scale the same way. What the lab does: the same,
+    with every bit-width's per-channel step initialised by LSQ's own rule for *that* bit-width,
+    ``2 · mean|W| / sqrt(2^(b−1) − 1)`` (``init="auto"`` = ``"lsq"``), as a careful LSQ user would.
+
+    Why that rule (measured post-training, no training: the shipped FP32 CIFAR-10 ResNet-20, activation scales and
+    per-bit BN re-estimated on 512 training images, top-1 on a fixed 5,000-image test subset, CPU, one seed;
+    fraction of 2-bit codes at 0 in brackets):
+
+    ========================  =======  ===============
+    init                      4-bit    2-bit
+    ========================  =======  ===============
+    ``max`` (old default)     81.1 %   33.8 % (90 %)
+    ``reference`` (3σ rule)   79.8 %   45.4 % (57 %)
+    ``mse`` (per channel)     80.4 %   37.0 % (41 %)
+    ``lsq`` (default)         80.2 %   46.3 % (58 %)
+    ========================  =======  ===============
+
+    The MSE-optimal step minimises the weight error but not the loss at 2 bits; LSQ's rule is best there and
+    within a point of the best at 4 bits. Double Rounding keeps ``max`` (its one shared scale is an 8-bit scale:
+    ``lsq`` would clip at 8 bits; ``max`` and ``mse`` measured 80.8/48.4 % and 80.9/48.8 % at 4/2 bits on 1,000
+    of those test images, so its default stays).
+    """
 
     method = "per_bit_scale"
-    default_init = "max"  # MEASURE
+    default_init = "lsq"
 
     def __init__(self, out_channels: int, bits=(8, 6, 4, 2), rounding: str = "half_even", grad_mode: str = "lsq",
                  init: str = "auto"):

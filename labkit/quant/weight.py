@@ -285,14 +285,14 @@ class TruncationWeightQuantizer(DoubleRoundingWeightQuantizer):
 class LsqWeightQuantizer(DoubleRoundingWeightQuantizer):
     """Single-precision LSQ (Esser et al. 2020): the baseline of one dedicated model per bit-width.
 
-    What its authors do: LSQ initialises the step as ``2 · mean|W| / sqrt(Q_P)`` (``init="lsq"``) and trains it.
-    What the lab does by default (``init="auto"``): the per-channel MSE-optimal step for its bit-width
-    (:func:`mse_scale_init`), which measured best post-training on the shipped FP32 ResNet-20 (see
-    :data:`labkit.quant.baselines.PER_BIT_INIT_MEASUREMENT`).
+    What its authors do: LSQ initialises the step as ``2 · mean|W| / sqrt(Q_P)`` and trains it. What the lab does
+    by default (``init="auto"`` = ``"lsq"``): the same rule, per output channel, for the model's one bit-width;
+    post-training it measured best at 2 bits among the rules offered (the table in
+    :class:`labkit.quant.baselines.PerBitScaleWeightQuantizer`: a dedicated model gets the same per-bit numbers).
     """
 
     method = "lsq"
-    default_init = "max"  # MEASURE
+    default_init = "lsq"
 
     def __init__(self, out_channels: int, bits=(4,), rounding: str = "half_even", grad_mode: str = "lsq",
                  init: str = "auto"):

@@ -6,9 +6,10 @@
     python benchmarks/run.py --skip-notebooks     # everything but the notebook smoke runs
     python benchmarks/run.py --out /tmp/r.json    # another output file (default benchmarks/results.json)
 
-Groups (``--only``): fakequant, joint_step, int8_switch, checkpoint_size, hessian, search_sweep, scaling,
-notebooks, profile. Each group adds rows ``{name: {"value", "unit", "goal", "met"?, "detail"?, "error"?}}``
-to the output; ``_meta`` holds the hardware line, torch version, thread count, load averages and run time.
+Groups (``--only``): fakequant, joint_step, int8_switch, int_switch_floor, checkpoint_size, hessian, search_sweep,
+scaling, data_loading, notebooks, profile. Each group adds rows
+``{name: {"value", "unit", "goal", "met"?, "detail"?, "error"?}}`` to the output; ``_meta`` holds the hardware
+line, torch version, thread count, load averages and run time.
 
 Ratios are measured side by side: the candidates of one group run round-robin in this one process (A, B, C,
 then C, B, A, …), and each ratio is the median over rounds of the ratio of the two times taken in the same
@@ -42,6 +43,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import foundation  # noqa: E402
+import switching  # noqa: E402
+import loading  # noqa: E402
 import training  # noqa: E402
 import labkit  # noqa: E402
 from foundation import interleaved_times, median_ms, paired_ratio  # noqa: E402
@@ -451,10 +454,52 @@ def bench_profile(quick: bool, out_path: Path) -> dict:
                         "fakequant_backward_s": r3(fakequant["backward"]), "batch": batch})}
 
 
+# --------------------------------------------------------------- data loading: epoch slice ÷ bare steps
+
+def bench_data_loading(quick: bool) -> dict:
+    """loading.measure: FP32 ResNet-20 steps (batch 128) through the loader ÷ the same steps on premade batches."""
+    steps, rounds = (8, 2) if quick else (30, 3)
+    result = loading.measure(steps=steps, rounds=rounds)
+    rows = {}
+    for mode, label in (("fp32", "plain FP32"), ("bf16_autocast", "FP32 under bf16 autocast")):
+        entry = result[mode]
+        common = {"steps": steps, "rounds": rounds, "batch": result["batch"], "train_set": result["train_set"],
+                  "slice_s": entry["slice_s"], "steps_per_s": entry["steps_per_s"],
+                  "loader_only_ms_per_batch": result["loader_only_ms_per_batch"],
+                  "cifar10_train_load_s": result["cifar10_train_load_s"]}
+        value = entry["whole_batches_vs_bare"]
+        rows[f"loader_vs_bare_steps_{mode}"] = row(
+            value, "× (epoch slice through make_loader ÷ the same steps on premade batches)", "≤ 1.1", value <= 1.1,
+            detail={"value_is": f"{steps} SGD steps of a {label} ResNet-20 through the default loader "
+                                "(CIFAR-10 in memory, whole batches) ÷ the bare steps; median of per-round ratios",
+                    **common})
+        rows[f"loader_per_image_vs_bare_steps_{mode}"] = row(
+            entry["per_image_jpeg_vs_bare"], "× (epoch slice through the per-image JPEG loader ÷ bare steps)", REPORT,
+            detail={"value_is": f"the same {label} slice through make_loader(cifar10('train', in_memory=False), "
+                                f"whole_batches=False): JPEG decode + augmentation per image in "
+                                f"{result['workers_per_image']} worker process(es), a fresh loader per slice",
+                    **common})
+    return rows
+
+
+# ------------------------------------------------- integer switching: INT8 → b-bit ÷ a copy of the int8 bytes
+
+def bench_int_switch_floor(quick: bool) -> dict:
+    """switching.measure: all ResNet-18 layers INT8 → b-bit ÷ a plain copy of the same int8 bytes."""
+    result = switching.measure(rounds=10 if quick else 40)
+    rows = {}
+    for rule, entry in result["by_rule"].items():
+        value = entry["fast_vs_copy"]
+        rows[f"int8_switch_vs_copy_{rule}"] = row(
+            value, "× (INT8 → 4-bit switch of all ResNet-18 layers ÷ copying the same int8 bytes)", "≤ 2",
+            value <= 2, detail={"value_is": result["value_is"], **entry, **result["common"]})
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
-GROUPS = ("fakequant", "joint_step", "int8_switch", "checkpoint_size", "hessian", "search_sweep", "scaling",
-          "profile", "notebooks")
+GROUPS = ("fakequant", "joint_step", "int8_switch", "int_switch_floor", "checkpoint_size", "hessian", "search_sweep",
+          "scaling", "data_loading", "profile", "notebooks")
 
 
 def _format_value(value) -> str:
@@ -524,6 +569,8 @@ def main(argv=None) -> dict:
         "fakequant": lambda: bench_fakequant(args.quick),
         "joint_step": lambda: bench_joint_step(args.quick),
         "int8_switch": lambda: bench_int8_switch(args.quick),
+        "int_switch_floor": lambda: bench_int_switch_floor(args.quick),
+        "data_loading": lambda: bench_data_loading(args.quick),
         "checkpoint_size": lambda: bench_checkpoint_size(args.quick),
         "hessian": lambda: bench_hessian(args.quick),
         "search_sweep": lambda: bench_search_sweep(args.quick),

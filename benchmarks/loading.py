@@ -1,0 +1,103 @@
+"""Data loading off the critical path (issue 11, item 4): FP32 training steps through a loader ÷ the bare steps.
+
+A slice of an epoch -- ``steps`` SGD steps of an FP32 ResNet-20 at batch 128, plain and under bf16 autocast --
+is timed three ways, round-robin in this one process:
+
+- ``bare``: the steps alone, on batches made beforehand (already normalised tensors in memory);
+- ``whole_batches``: through ``make_loader(cifar10("train"), ...)``, the default: CIFAR-10 in memory, each batch
+  built as one tensor (``labkit.cifar_memory``);
+- ``per_image_jpeg``: through the loader the lab had before, ``make_loader(cifar10("train", in_memory=False),
+  ..., whole_batches=False)``: an ImageFolder that decodes and augments every JPEG in ``default_workers()``
+  worker processes. A fresh loader per slice, as the trainer builds one per epoch, so the worker start-up of
+  one epoch is in its time (over a 50-step slice rather than a 390-step epoch).
+
+Each ratio is the median over rounds of (loader slice ÷ bare slice) timed in the same round. Needs the CIFAR-10
+ImageFolder copy in ``$LABKIT_DATA``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from labkit import data
+from labkit.models import build_model
+
+BATCH = 128
+
+
+class Steps:
+    """SGD steps of one FP32 ResNet-20 (momentum 0.9, lr 0.05), plain or under bf16 autocast."""
+
+    def __init__(self, bf16: bool, seed: int = 0):
+        torch.manual_seed(seed)
+        self.model = build_model("resnet20").train()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        self.bf16 = bf16
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(images).float()
+        F.cross_entropy(logits, labels).backward()
+        self.optimizer.step()
+
+
+def measure(steps: int = 50, rounds: int = 3, batch_size: int = BATCH, per_image: bool = True) -> dict:
+    """Slice seconds and the per-round ratios to the bare steps, for plain FP32 and bf16 autocast."""
+    start = time.perf_counter()
+    train = data.cifar10("train")
+    load_s = time.perf_counter() - start
+    folder = data.cifar10("train", in_memory=False) if per_image else None
+    premade = [tuple(t.clone() for t in batch) for _, batch in
+               zip(range(steps), data.make_loader(train, batch_size, train=True, seed=1))]
+
+    def slice_of(loader):
+        def run(trainer, count=steps):
+            for _, (images, labels) in zip(range(count), loader()):
+                trainer.step(images, labels)
+        return run
+
+    def bare(trainer, count=steps):
+        for images, labels in premade[:count]:
+            trainer.step(images, labels)
+
+    sources = {
+        "bare": bare,
+        "whole_batches": slice_of(lambda: data.make_loader(train, batch_size, train=True, seed=0)),
+    }
+    if per_image:
+        sources["per_image_jpeg"] = slice_of(lambda: data.make_loader(folder, batch_size, train=True, seed=0,
+                                                                      whole_batches=False))
+
+    class NoStep:
+        def step(self, images, labels):
+            pass
+
+    loader_only_ms = {}  # the loader alone, no training step beside it
+    for name in list(sources)[1:]:
+        begin = time.perf_counter()
+        sources[name](NoStep(), 20)
+        loader_only_ms[name] = round((time.perf_counter() - begin) / 20 * 1e3, 2)
+    results = {"train_set": type(train).__name__, "cifar10_train_load_s": round(load_s, 2),
+               "workers_per_image": data.default_workers(), "steps": steps, "batch": batch_size, "rounds": rounds,
+               "loader_only_ms_per_batch": loader_only_ms}
+    for mode in ("fp32", "bf16_autocast"):
+        trainer = Steps(bf16=mode == "bf16_autocast")
+        for run in sources.values():  # warm-up: allocator, oneDNN primitives, first worker start
+            run(trainer, 3)
+        times = {name: [] for name in sources}
+        names = list(sources)
+        for round_index in range(rounds):
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                begin = time.perf_counter()
+                sources[name](trainer)
+                times[name].append(time.perf_counter() - begin)
+        entry = {"slice_s": {name: round(statistics.median(t), 3) for name, t in times.items()},
+                 "steps_per_s": {name: round(steps / statistics.median(t), 2) for name, t in times.items()}}
+        for name in names[1:]:
+            entry[f"{name}_vs_bare"] = round(statistics.median(a / b for a, b in zip(times[name], times["bare"])), 3)
+        results[mode] = entry
+    return results

@@ -46,6 +46,19 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+def discrete_bit_colorscale(bits) -> list:
+    """A plotly colorscale with one flat band per bit-width (its switchboard colour) over [min(bits), max(bits)]."""
+    values = sorted({int(b) for b in bits})
+    if len(values) == 1:
+        return [[0.0, bit_color(values[0])], [1.0, bit_color(values[0])]]
+    low, span = values[0], values[-1] - values[0]
+    edges = [0.0] + [((a + b) / 2 - low) / span for a, b in zip(values, values[1:])] + [1.0]
+    scale = []
+    for value, start, end in zip(values, edges, edges[1:]):
+        scale += [[start, bit_color(value)], [end, bit_color(value)]]
+    return scale
+
+
 class LiveTraining:
     """A progress bar and a live loss / accuracy figure around ``trainer.fit()`` (see the module docstring).
 
@@ -85,8 +98,10 @@ class LiveTraining:
 
     # ---------------------------------------------------------------- the figure
     def _figure(self) -> go.Figure:
+        evaluated = ", ".join(f"◆ {name} set" for name in self.eval_names)
         figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
-            "training loss per precision", f"accuracy per precision (training: mean of the last {self.window} steps)"))
+            "training loss of each pass",
+            f"top-1 accuracy: — training batches (mean of {self.window} steps)" + (f", {evaluated}" if evaluated else "")))
         for b in self.precisions:
             color, name = bit_color(b) if b != FP32 else "#444444", precision_name(b)
             figure.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name, legendgroup=name,
@@ -100,12 +115,9 @@ class LiveTraining:
                                             marker=dict(color=color, size=9, symbol="diamond")), row=1, col=2)
         figure.update_xaxes(title_text="step", rangemode="tozero")
         figure.update_yaxes(title_text="cross-entropy loss", rangemode="tozero", row=1, col=1)
-        evaluated = " and ".join(f"◆ {name} set" for name in self.eval_names)
-        figure.update_yaxes(title_text=f"top-1 accuracy (%) — lines: training batches{', ' if evaluated else ''}"
-                                       f"{evaluated}", range=[0, 100], row=1, col=2)
+        figure.update_yaxes(title_text="top-1 accuracy (%)", range=[0, 100], row=1, col=2)
         figure.update_layout(title=self.title, template="plotly_white", height=400, width=980,
-                             legend=dict(title="precision", orientation="h", yanchor="bottom", y=1.08, x=0),
-                             margin=dict(t=110))
+                             legend=dict(title="precision"), margin=dict(t=90))
         return figure
 
     def traces(self) -> dict:
@@ -145,7 +157,7 @@ class LiveTraining:
             self.batch_accuracy[b].append(100.0 * correct / seen if seen else float("nan"))
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix({f"loss{precision_name(b)}": f"{float(losses[b]):.3f}" for b in self.precisions},
+            self.bar.set_postfix({f"loss {precision_name(b)}": f"{float(losses[b]):.3f}" for b in self.precisions},
                                  refresh=False)
         self._maybe_draw()
 
@@ -253,14 +265,15 @@ class LiveSuperNetTraining(LiveTraining):
 
     def _bits_figure(self) -> go.Figure:
         rows = [precision_name(b) + " pass" for b in self.precisions]
+        low, high = min(self.precisions), max(self.precisions)
         figure = go.Figure(go.Heatmap(
-            z=[[None] * len(self.layers) for _ in rows], x=self.layers, y=rows, zmin=min(self.precisions),
-            zmax=max(self.precisions), colorscale=[[0.0, bit_color(min(self.precisions))],
-                                                  [1.0, bit_color(max(self.precisions))]],
-            colorbar=dict(title="bits"), texttemplate="%{z}", hovertemplate="%{y}, %{x}: %{z} bits<extra></extra>",
+            z=[[None] * len(self.layers) for _ in rows], x=self.layers, y=rows, zmin=low, zmax=high,
+            colorscale=discrete_bit_colorscale(self.precisions), texttemplate="%{z}",
+            colorbar=dict(title="bits", tickvals=sorted(self.precisions), len=1.0),
+            hovertemplate="%{y}, %{x}: %{z} bits<extra></extra>",
         ))
         figure.update_layout(title="Bits the sampler drew, per layer (waiting for the first step)",
-                             template="plotly_white", height=120 + 40 * len(rows), width=980,
+                             template="plotly_white", height=max(260, 150 + 40 * len(rows)), width=980,
                              xaxis=dict(title="quantized layer (execution order)", tickangle=-45),
                              yaxis=dict(title="pass", autorange="reversed"))
         return figure

@@ -260,8 +260,9 @@ def quant_error_bars(state: dict) -> dict:
         top = largest * 1.15 if largest > 0 else 1e-3
         axis_type, axis_range, axis_title = "linear", [0.0, top], "relative error"
         if largest == 0:
-            note = (f"Every layer is at the precision of the reference ({state['quant_error_reference']}):<br>"
-                    "the error is 0. Pick a lower bit-width, or pass reference= the FP32 weights.")
+            note = (f"Every layer is at the precision of the reference ({state['quant_error_reference']}), "
+                    "so the error is 0 by definition.<br>Lower bit-widths are Double Rounded from these codes: "
+                    "move the slider to see their error.")
     return {
         "x": names,
         "y": errors,

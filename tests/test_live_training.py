@@ -14,7 +14,9 @@ import labkit
 from labkit.convert import quantized_layers
 from labkit.errors import LabkitError
 from labkit.hasb.supernet import BitSampler
-from labkit.live_training import LiveSuperNetTraining, LiveTraining, moving_average, train_live
+from labkit.live_training import (LiveSuperNetTraining, LiveTraining, discrete_bit_colorscale, moving_average,
+                                  train_live)
+from labkit.viz import bit_color
 from labkit.train import JointTrainer, TrainConfig
 
 NUM_CLASSES = 10
@@ -76,6 +78,13 @@ def record_losses(trainer):
 def test_moving_average_by_hand():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([2.0, 4.0], 10) == [2.0, 3.0]
+
+
+def test_the_heatmap_colours_are_one_band_per_bit_width():
+    scale = discrete_bit_colorscale((8, 4, 2))
+    # bands [2, 3), [3, 6), [6, 8] of the 2..8 range, each flat in its bit's colour
+    assert scale == [[0.0, bit_color(2)], [1 / 6, bit_color(2)], [1 / 6, bit_color(4)], [4 / 6, bit_color(4)],
+                     [4 / 6, bit_color(8)], [1.0, bit_color(8)]]
 
 
 def test_the_figure_follows_the_steps_the_trainer_took(tmp_path):
@@ -165,6 +174,7 @@ def test_supernet_steps_show_the_bits_the_sampler_drew(tmp_path):
     assert [list(row) for row in heatmap.z] == [[last[b][name] for name in layers] for b in (8, 4, 2)]
     assert f"step {trainer.total_steps}" in view.bits_figure.layout.title.text
     assert "σ_e = 1.00" in view.bits_figure.layout.title.text
+    assert list(heatmap.colorbar.tickvals) == [2, 4, 8] and (heatmap.zmin, heatmap.zmax) == (2, 8)
     assert any(len(set(draws[8].values())) > 1 or draws[8] != dict.fromkeys(layers, 8)
                for draws in view.sampled_bits.values())  # σ = 1: the draws are not just the defaults
     with pytest.raises(LabkitError, match="no bit_sampler"):

@@ -321,7 +321,7 @@ def test_the_error_chart_is_not_a_blank_axis_at_the_stored_precision(model, batc
     figure = quant_error_figure(state)
     assert list(figure.data[0].y) == [0.0] * len(state["quant_error"])
     note = figure.layout.annotations[0]
-    assert note.visible and "error is 0" in note.text and "reference=" in note.text
+    assert note.visible and "error is 0 by definition" in note.text and "stored INT8" in note.text
     assert figure.layout.yaxis.showticklabels is False  # no scale under bars that are all 0
     assert figure.layout.yaxis.title.text == "relative error" and figure.layout.xaxis.title.text
     low = switchboard_state(model, images, labels, 4)

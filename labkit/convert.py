@@ -1,6 +1,7 @@
 """Turn an FP32 model into a multi-precision one, and switch its precision (METHOD.md §4, DESIGN.md).
 
-``quantize_model`` runs one probe forward pass to learn, for every convolution and linear layer, the
+``quantize_model`` runs one probe forward pass (on ``example_input``, or on random data of the model's known
+input shape: never a guessed one) to learn, for every convolution and linear layer, the
 order in which it runs and whether its input can be negative (then its activation quantizer is the
 signed variant, METHOD.md §2), and which quantized layer feeds each batch norm. That *plan* is a plain
 dict (stored in INT checkpoints), so a model can be rebuilt identically without probing again.
@@ -12,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from labkit.errors import LayerNameError, BitWidthError
+from labkit.errors import BitWidthError, ExampleInputError, LayerNameError
 from labkit.nn import QConv2d, QLinear, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
 from labkit.quant import WEIGHT_METHODS
 from labkit.quant.ranges import check_bit_set, check_bits
@@ -21,14 +22,67 @@ from labkit.quant.rounding import check_rounding
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
 
-def _example_input(model: nn.Module) -> torch.Tensor:
-    first = next((m for m in model.modules() if isinstance(m, QUANTIZABLE)), None)
-    if first is None:
-        raise ValueError("the model has no nn.Conv2d or nn.Linear layer to quantize.")
-    device = first.weight.device
-    if isinstance(first, nn.Conv2d):
-        return torch.randn(2, first.in_channels, 64, 64, device=device)
-    return torch.randn(2, first.in_features, device=device)
+#: Input size of the lab's registered architectures by their dataset (``labkit.models.registry``): one image.
+DATASET_INPUT_SHAPES = {"cifar10": (3, 32, 32)}
+
+
+def known_input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The shape of one input of ``model`` where it is known without guessing, else None.
+
+    Found from (1) a ``model.input_shape`` attribute, e.g. ``(1, 28, 28)`` (the lab's CIFAR ResNets have
+    ``(3, 32, 32)``; set it on your own model), or (2) the architecture record of a model made by
+    :func:`labkit.models.build_model` (``labkit_arch``): its dataset's image size, or the crop size of the
+    preprocessing its weights expect (224 for the ImageNet models).
+    """
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        if (not isinstance(shape, (tuple, list)) or not shape
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise ExampleInputError(
+                f"model.input_shape = {shape!r} is not the shape of one input (a tuple of positive whole numbers "
+                "without the batch dimension, e.g. (3, 32, 32)); fix it or pass example_input=<a batch the model accepts>.")
+        return tuple(shape)
+    arch = getattr(model, "labkit_arch", None)
+    if isinstance(arch, dict) and "name" in arch:
+        from labkit.models.registry import MODELS
+
+        spec = MODELS.get(arch["name"])
+        crop = (arch.get("preprocessing") or {}).get("crop") or ((spec.preprocessing or {}).get("crop") if spec else None)
+        if crop:
+            return (3, int(crop), int(crop))
+        if spec is not None and spec.dataset in DATASET_INPUT_SHAPES:
+            return DATASET_INPUT_SHAPES[spec.dataset]
+    return None
+
+
+def example_input_for(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    """A random batch of the model's known input shape (:func:`known_input_shape`) for a probe pass.
+
+    Nothing is guessed: where the shape is not known, :class:`~labkit.errors.ExampleInputError` says to pass
+    ``example_input=`` (one batch of the model's data) or to set ``model.input_shape``.
+    """
+    shape = known_input_shape(model)
+    if shape is None:
+        raise ExampleInputError(
+            f"{type(model).__name__} has to run once on an input so the lab can see which layers run in which order "
+            "and which inputs can be negative, and its input shape is not known: pass example_input=<one batch the "
+            "model accepts> (e.g. example_input=images[:2]), or set model.input_shape = (C, H, W) (for an MNIST net "
+            "(1, 28, 28)).")
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    return torch.randn(batch, *shape, device=device)
+
+
+def run_probe(model: nn.Module, example_input, given: bool):
+    """``model(example_input)``, or one :class:`~labkit.errors.ExampleInputError` naming the input that failed."""
+    try:
+        return model(example_input)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        where = "the example_input given" if given else "an input of the model's known input_shape"
+        raise ExampleInputError(
+            f"{type(model).__name__} did not run on {where} (shape {shape}): {type(error).__name__}: {error}. Pass "
+            "example_input=<one batch the model accepts> (e.g. example_input=images[:2]).") from error
 
 
 @torch.no_grad()
@@ -40,8 +94,11 @@ def plan_quantization(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double
     if method not in WEIGHT_METHODS:
         raise ValueError(f"method={method!r} is unknown; use one of {sorted(WEIGHT_METHODS)}.")
     check_rounding(rounding)
-    if example_input is None:
-        example_input = _example_input(model)
+    if not any(isinstance(m, QUANTIZABLE) for m in model.modules()):
+        raise ValueError("the model has no nn.Conv2d or nn.Linear layer to quantize.")
+    given = example_input is not None
+    if not given:
+        example_input = example_input_for(model)
     executed: list[tuple[str, str]] = []  # (kind, name) in execution order
     signed: dict[str, bool] = {}
     handles = []
@@ -56,7 +113,7 @@ def plan_quantization(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double
     was_training = model.training
     model.eval()
     try:
-        model(example_input)
+        run_probe(model, example_input, given)
     finally:
         model.train(was_training)
         for handle in handles:
@@ -122,7 +179,9 @@ def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_ro
             FP32 masters), ``"lsq"`` (one dedicated single-precision model).
         rounding: tie rule of the second rounding (``"half_even"`` or ``"half_up"``).
         keep_first_last: keep the first and the last layer in FP32, as the paper does.
-        example_input: a batch for the probe pass; by default random data shaped for the first layer.
+        example_input: a batch for the probe pass (one batch of the model's data). Without it, random data of
+            the model's known input shape (``model.input_shape``, or the architecture of a ``build_model`` model:
+            :func:`known_input_shape`); where that is not known, :class:`~labkit.errors.ExampleInputError`.
         grad_mode: ``"lsq"`` or ``"reference"`` scale gradients (see :mod:`labkit.quant.lsq`).
         act_init: ``"lsq"`` or ``"percentile"`` initialisation of activation scales.
         weight_init: initialisation of the weight scales: ``"auto"`` (each method's measured default:

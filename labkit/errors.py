@@ -21,6 +21,11 @@ class DataLayoutError(LabkitError, ValueError):
     """A data folder that exists but is not laid out as expected (unknown class folders, malformed class list)."""
 
 
+class ExampleInputError(LabkitError, ValueError):
+    """A model had to be run on an input (to plan its quantization, to trace it, to count its costs), and none
+    was given, none could be found without guessing, or the model did not accept the one given."""
+
+
 class LayerNameError(LabkitError, KeyError):
     """A layer name that is not one of the model's quantized layers."""
 

@@ -113,6 +113,9 @@ class CifarResNet(nn.Module):
     last layer" of the network are the first and last ``nn.Conv2d``/``nn.Linear`` in ``named_modules()``.
     """
 
+    #: The shape of one input image (C, H, W): what ``labkit.quantize_model`` probes with when no example is given.
+    input_shape = (3, 32, 32)
+
     def __init__(
         self,
         num_classes: int = 10,

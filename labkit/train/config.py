@@ -25,7 +25,8 @@ class TrainConfig:
     rounding: str = "half_even"           # tie rule of the second rounding (METHOD.md §1 [open])
     grad_mode: str = "lsq"                # lsq | reference (METHOD.md §3)
     keep_first_last: bool = True          # first and last layer stay FP32 (METHOD.md §4)
-    weight_init: str = "max"              # max | reference (the authors' 3σ rule, METHOD.md §3)
+    weight_init: str = "auto"             # auto (each method's own default) | max | reference (the authors' 3σ
+                                          # rule, METHOD.md §3) | ... (labkit.quant.weight.SCALE_INITS)
     act_init: str = "lsq"                 # lsq | percentile (METHOD.md §3)
     algorithm: str = "a2"                 # a2: one step per bit-width high→low (paper); a1: accumulate, one step
     alrs: str = "eq7"                     # eq7 (paper Eq. 7) | geometric (reference code) | none
@@ -35,6 +36,8 @@ class TrainConfig:
                                           # methods (per-bit scales, any_precision, lsq, matquant) at λ | all
     supernet_alrs: str = "one_lr"         # SuperNet stage: one_lr (Alg. A.3: every scale at λ) | sampled_bit
                                           # (each layer's factor keyed on the bit it was sampled at)
+    weight_scale_update: str = "adam"     # adam (paper: plain Adam on s) | log (opt-in: Adam on log s, stays > 0)
+    weight_scale_log_lr: float = 20.0     # with log: log-space rate = this × the scale group's rate (1 %/step at 5e-4)
     kd: str = "none"                      # none | pskd (progressive self-distillation) | recursive (Any-Precision)
     kd_alpha: float = 0.7
     optimizer: str = "adam"               # paper: Adam
@@ -69,19 +72,21 @@ class TrainConfig:
 
     def __post_init__(self):
         from labkit.quant import WEIGHT_METHODS
+        from labkit.quant.weight import SCALE_INITS
 
         choices = {
             "dataset": ("cifar10", "imagenet", "imagenette"),
             "method": tuple(WEIGHT_METHODS),
             "rounding": ("half_even", "half_up"),
             "grad_mode": ("lsq", "reference"),
-            "weight_init": ("max", "reference"),
+            "weight_init": tuple(SCALE_INITS),
             "act_init": ("lsq", "percentile"),
             "algorithm": ("a1", "a2"),
             "alrs": ("eq7", "geometric", "none"),
             "alrs_targets": ("scales", "scales_bn_bias"),
             "alrs_scope": ("paper", "all"),
             "supernet_alrs": ("one_lr", "sampled_bit"),
+            "weight_scale_update": ("adam", "log"),
             "kd": ("none", "pskd", "recursive"),
             "optimizer": ("adam", "adamw", "sgd"),
             "device": ("auto", "cpu", "cuda"),
@@ -103,6 +108,8 @@ class TrainConfig:
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "≥ 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("kd_alpha", 0 <= self.kd_alpha <= 1, "in [0, 1]"),
+            ("weight_scale_log_lr", math.isfinite(self.weight_scale_log_lr) and self.weight_scale_log_lr > 0,
+             "a positive finite number"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("train_subset", self.train_subset is None or self.train_subset >= 1, "≥ 1 or none (the whole set)"),
             ("eval_subset", self.eval_subset is None or self.eval_subset >= 1, "≥ 1 or none (the whole set)"),

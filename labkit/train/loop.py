@@ -94,6 +94,15 @@ class JointTrainer:
         # A.1: the shared parameters under ALRS, whose gradient gets each precision's share weighted by its factor.
         self.reweighted = [(g.get("layer"), p) for g in self.optimizer.param_groups
                            if g["name"] in self.alrs_roles and g.get("bits") is None for p in g["params"]]
+        #: Called after every optimizer step of a multi-precision run, with the parameters in their own space
+        #: (optimizer post-hooks see ``log s`` with ``weight_scale_update="log"``).
+        self.step_callbacks: list = []
+        # Opt-in (issue 10 item 10): Adam on log s for the weight scales, so they stay positive.
+        self.log_scales = None
+        if self.bits and config.weight_scale_update == "log":
+            from labkit.train.scale_health import LogScaleUpdate
+
+            self.log_scales = LogScaleUpdate(self.model, config.weight_scale_log_lr)
         # A.1: gradients whose per-pass share is needed (the weight scales for Eq. 6, the reweighted ones).
         self.tracked = {id(p): p for layer in self.layers.values() for p in layer.weight_quantizer.parameters()}
         self.tracked.update((id(p), p) for _, p in self.reweighted)
@@ -237,6 +246,16 @@ class JointTrainer:
             return self._factor(self.layers[group["layer"]].bits, correction)
         return self._factor(pass_bits, correction)
 
+    def _step(self) -> None:
+        """One optimizer step (through ``log s`` for the weight scales with ``weight_scale_update="log"``)."""
+        if self.log_scales is not None:
+            self.log_scales.before()
+        self.optimizer.step()
+        if self.log_scales is not None:
+            self.log_scales.after()
+        for callback in self.step_callbacks:
+            callback()
+
     def train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
         """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass."""
         lr = cosine_lr(self.config.lr, self.global_step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
@@ -271,7 +290,7 @@ class JointTrainer:
             correction = multiplier / self.alrs.factors[bits]
             if not a1:
                 set_learning_rates(self.optimizer, lr, lambda g: self._group_factor(g, bits, correction, {}))
-                self.optimizer.step()
+                self._step()
             else:
                 own_factors[bits] = multiplier
                 # The shared parameters: this precision's share of the accumulated gradient weighted by its
@@ -292,7 +311,7 @@ class JointTrainer:
             losses[bits] = float(loss.detach())
         if a1:
             set_learning_rates(self.optimizer, lr, lambda g: self._group_factor(g, None, 1.0, own_factors))
-            self.optimizer.step()
+            self._step()
         return losses
 
     # ---------------------------------------------------------------- evaluation

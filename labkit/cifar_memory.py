@@ -191,22 +191,25 @@ def crop_flip_draws(seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def crop_flip(images: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Zero-pad ``uint8 [B, 32, 32, C]`` images by 4, cut the 32x32 window at (top, left), mirror where flip."""
+    """Zero-pad ``uint8 [B, H, W, C]`` images by 4, cut the HxW window at (top, left), mirror it where ``flips``:
+    ``uint8 [B, C, H, W]`` (channels first, as ``ToTensor`` lays them out)."""
     count, height, width, channels = images.shape
     padded = images.new_zeros((count, height + 2 * PADDING, width + 2 * PADDING, channels))
     padded[:, PADDING:PADDING + height, PADDING:PADDING + width] = images
-    rows = tops[:, None] + torch.arange(height)
-    columns = torch.arange(width)
-    columns = torch.where(flips[:, None], width - 1 - columns, columns) + lefts[:, None]
-    return padded[torch.arange(count)[:, None, None], rows[:, :, None], columns[:, None, :]]
+    windows = padded.unfold(1, height, 1).unfold(2, width, 1)  # [B, 9, 9, C, H, W]: every window, no copy
+    device = images.device
+    out = windows[torch.arange(count, device=device), tops.to(device), lefts.to(device)]  # [B, C, H, W]
+    flips = flips.to(device)
+    out[flips] = out[flips].flip(-1)
+    return out
 
 
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """``ToTensor`` + ``Normalize(CIFAR10_MEAN, CIFAR10_STD)`` of ``uint8 [B, H, W, 3]`` images, batched:
+    """``ToTensor`` + ``Normalize(CIFAR10_MEAN, CIFAR10_STD)`` of ``uint8 [B, 3, H, W]`` images, batched:
     contiguous ``float32 [B, 3, H, W]``, the same operations in the same order as per image."""
     from labkit.data import CIFAR10_MEAN, CIFAR10_STD
 
-    batch = images.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+    batch = images.contiguous().to(torch.float32).div(255)
     mean = torch.as_tensor(CIFAR10_MEAN, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(CIFAR10_STD, dtype=torch.float32).view(1, -1, 1, 1)
     return batch.sub_(mean).div_(std)
@@ -215,9 +218,9 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
 def augment_batch(images: torch.Tensor, seeds: Sequence[int] | None) -> torch.Tensor:
     """The standard CIFAR-10 pipeline of ``uint8 [B, 32, 32, 3]`` images as one batch: with ``seeds`` (one per
     image) the training pipeline with those images' random draws, without them the test pipeline."""
-    if seeds is not None:
-        images = crop_flip(images, *crop_flip_draws(seeds))
-    return normalize_batch(images)
+    if seeds is None:
+        return normalize_batch(images.permute(0, 3, 1, 2))
+    return normalize_batch(crop_flip(images, *crop_flip_draws(seeds)))
 
 
 # ------------------------------------------------------------------------------------------------- data set
@@ -239,6 +242,29 @@ class CIFAR10InMemory(Dataset):
         self.transform = folder_dataset.transform
         self.images = torch.from_numpy(load_decoded(Path(self.root), self.samples, cache))
         self.labels = torch.tensor(self.targets, dtype=torch.int64)
+
+    @classmethod
+    def from_arrays(cls, images, targets: Sequence[int], transform: Callable | None = None,
+                    classes: Sequence[str] | None = None) -> "CIFAR10InMemory":
+        """A data set of ``uint8 [N, 32, 32, 3]`` ``images`` (a tensor or array) and their labels, without files
+        (synthetic data, benchmarks). ``transform`` defaults to the training pipeline, ``classes`` to CIFAR-10's."""
+        from labkit.data import CIFAR10_CLASSES, cifar10_transforms
+
+        images = torch.as_tensor(images)
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+            raise ValueError(f"images must be uint8 [N, 32, 32, 3], got {images.dtype} {tuple(images.shape)}.")
+        if len(targets) != len(images):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets.")
+        dataset = cls.__new__(cls)
+        dataset.root = "<arrays>"
+        dataset.classes = list(CIFAR10_CLASSES if classes is None else classes)
+        dataset.class_to_idx = {name: i for i, name in enumerate(dataset.classes)}
+        dataset.targets = [int(t) for t in targets]
+        dataset.samples = [(f"<arrays>/{i}", t) for i, t in enumerate(dataset.targets)]
+        dataset.transform = cifar10_transforms(train=True) if transform is None else transform
+        dataset.images = images.cpu().contiguous()
+        dataset.labels = torch.tensor(dataset.targets, dtype=torch.int64)
+        return dataset
 
     @property
     def imgs(self) -> list:

@@ -46,7 +46,7 @@ _CONSTANTS: dict = {}
 
 def _word_constants(shift: int, device) -> torch.Tensor:
     """Δ, Δ−1, 8−Δ and the byte masks/offsets of the word kernel, as one int32 tensor (so Δ is not compiled in)."""
-    key = (shift, str(device))
+    key = (shift, device)
     if key not in _CONSTANTS:
         values = [shift, shift - 1, 8 - shift, _bytes(0xFF >> (shift - 1)), _bytes(0xFF >> shift),
                   _bytes((1 << (shift - 1)) - 1), _bytes(128 - (1 << (7 - shift)))]
@@ -163,6 +163,7 @@ class CodeBank:
         for name, c in codes.items():
             self._bounds[name] = (start, start + c.numel())
             start += c.numel()
+        self._views = {name: self._out[a:b].view(self.shapes[name]) for name, (a, b) in self._bounds.items()}
 
     @classmethod
     @torch.no_grad()
@@ -195,4 +196,4 @@ class CodeBank:
     def switch(self, bits: int) -> dict[str, torch.Tensor]:
         """Every layer's ``bits``-bit codes (Eq. 2 from its INT8 codes): views of one reused output buffer."""
         switch_int8(self.codes, bits, self.rounding, out=self._out)
-        return {name: self._out[start:stop].view(self.shapes[name]) for name, (start, stop) in self._bounds.items()}
+        return dict(self._views)

@@ -12,6 +12,7 @@ from labkit.models import build_model
 from labkit.quant.rounding import ROUNDING_RULES, double_round
 
 ALL_CODES = torch.arange(-128, 128, dtype=torch.int8)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # scripts/gpu_check.sh runs the cuda cases
 
 
 def hand_rounded(code: int, shift: int, rounding: str, to_bits: int) -> int:
@@ -35,13 +36,15 @@ def path(request):
     int_switch.use_compiled_switch(True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rounding", ROUNDING_RULES)
-def test_all_256_codes_every_bit_width_equal_double_round(path, rounding):
-    codes = ALL_CODES.repeat(4).reshape(16, 64)  # 1024 codes: whole int32 words, a 2-D weight-like shape
+def test_all_256_codes_every_bit_width_equal_double_round(path, rounding, device):
+    codes = ALL_CODES.repeat(4).reshape(16, 64).to(device)  # 1024 codes: whole int32 words, a 2-D weight-like shape
     for to_bits in range(2, 9):
         got = int_switch.switch_int8(codes, to_bits, rounding)
-        assert got.dtype == torch.int8 and got.shape == codes.shape
+        assert got.dtype == torch.int8 and got.shape == codes.shape and got.device == codes.device
         assert torch.equal(got, double_round(codes, 8, to_bits, rounding)), (to_bits, rounding)
+        got = got.cpu()
         expected = [hand_rounded(c, 8 - to_bits, rounding, to_bits) for c in range(-128, 128)]
         assert got.reshape(-1)[:256].tolist() == expected, (to_bits, rounding)
     if path == "compiled":
@@ -85,11 +88,12 @@ def test_bad_input_is_one_clear_error():
         int_switch.switch_int8(torch.zeros(8, dtype=torch.int8), 4, out=torch.zeros(4, dtype=torch.int8))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rounding", ["half_even", "half_up"])
-def test_code_bank_switches_every_layer_like_each_layer_alone(tmp_path, rounding):
+def test_code_bank_switches_every_layer_like_each_layer_alone(tmp_path, rounding, device):
     torch.manual_seed(0)
     model = labkit.quantize_model(build_model("resnet20"), bits=(8, 6, 4, 2), rounding=rounding)
-    loaded = labkit.load_int(labkit.save_int(model, tmp_path / "m.safetensors"))
+    loaded = labkit.load_int(labkit.save_int(model, tmp_path / "m.safetensors")).to(device)
     bank = int_switch.CodeBank.from_model(loaded)
     layers = labkit.quantized_layers(loaded)
     assert len(bank) == len(layers) and bank.rounding == rounding

@@ -17,6 +17,9 @@ from labkit.cifar_memory import CIFAR10InMemory, WholeBatchLoader
 from labkit.data import DataLayoutError
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # scripts/gpu_check.sh runs the cuda cases
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Every test caches decoded images in its own folder (real-data tests opt back into the user cache)."""
@@ -139,9 +142,10 @@ def test_crop_flip_equals_a_brute_force_crop_for_every_corner_and_flip():
     tops, lefts, flips = torch.meshgrid(torch.arange(9), torch.arange(9), torch.arange(2), indexing="ij")
     tops, lefts, flips = tops.reshape(-1), lefts.reshape(-1), flips.reshape(-1).bool()  # all 162 (top, left, flip)
     out = cifar_memory.crop_flip(images, tops, lefts, flips)
+    assert out.shape == (162, 3, 32, 32) and out.dtype == torch.uint8  # channels first, like ToTensor
     for k in range(162):
         expected = brute_force_crop_flip(images[k].numpy(), int(tops[k]), int(lefts[k]), bool(flips[k]))
-        assert np.array_equal(out[k].numpy(), expected), (int(tops[k]), int(lefts[k]), bool(flips[k]))
+        assert np.array_equal(out[k].permute(1, 2, 0).numpy(), expected), (int(tops[k]), int(lefts[k]), bool(flips[k]))
 
 
 def test_draws_are_the_torchvision_transforms_draws():
@@ -155,11 +159,14 @@ def test_draws_are_the_torchvision_transforms_draws():
     assert draws.min() == 0 and draws.max() == 8  # every corner reachable
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("train", [True, False])
-def test_augmented_batch_equals_the_torchvision_pipeline_bit_for_bit(train):
+def test_augmented_batch_equals_the_torchvision_pipeline_bit_for_bit(train, device):
     images = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
     seeds = [data._sample_seed(5, 2, i) for i in range(64)]
-    batch = cifar_memory.augment_batch(images, seeds if train else None)
+    batch = cifar_memory.augment_batch(images.to(device), seeds if train else None)
+    assert batch.device.type == device
+    batch = batch.cpu()
     pipeline = data.cifar10_transforms(train)
     expected = []
     for image, seed in zip(images, seeds):
@@ -271,3 +278,23 @@ def test_real_cifar_train_loader_equals_the_image_folder_loader(monkeypatch):
     assert isinstance(fast, WholeBatchLoader) and len(fast) == 10
     assert same_batches(fast, data.make_loader(folder, workers=2, **options))
     assert same_batches(data.make_loader(memory, start_batch=7, **options), list(fast)[7:])
+
+
+def test_arrays_make_an_in_memory_set_with_the_same_batches():
+    images = np.random.default_rng(4).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    dataset = CIFAR10InMemory.from_arrays(images, [i % 10 for i in range(40)])
+    assert dataset.pipeline == "train" and len(dataset) == 40 and dataset.classes_present == list(range(10))
+    fast = data.make_loader(dataset, 8, train=True, seed=1)
+    assert isinstance(fast, WholeBatchLoader)
+    assert same_batches(fast, data.make_loader(dataset, 8, train=True, seed=1, workers=0, whole_batches=False))
+    with pytest.raises(ValueError, match="uint8"):
+        CIFAR10InMemory.from_arrays(images.astype(np.float32), [0] * 40)
+    with pytest.raises(ValueError, match="targets"):
+        CIFAR10InMemory.from_arrays(images, [0] * 39)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_flip_on_the_device_equals_the_cpu(device):
+    images = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8))
+    draws = cifar_memory.crop_flip_draws(range(32))
+    assert torch.equal(cifar_memory.crop_flip(images.to(device), *draws).cpu(), cifar_memory.crop_flip(images, *draws))

@@ -419,19 +419,38 @@ def check_opset(opset) -> None:
     """``None`` (choose from the weight types) or a whole opset from 13 to 25, else a LabkitError."""
     if opset is None:
         return
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise LabkitError(f"opset={opset!r} is not supported; pass an ONNX opset from {MIN_OPSET} to {MAX_OPSET} "
-                          "(or leave it out: the lowest opset that holds the weight types).")
+    import onnx
+
+    highest = min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= highest:
+        raise LabkitError(f"opset={opset!r} is not supported; pass an ONNX opset from {MIN_OPSET} to {highest} "
+                          f"(onnx {onnx.__version__} is installed), or leave it out: the lowest opset that holds "
+                          "the weight types.")
+
+
+def available_weight_types() -> tuple[str, ...]:
+    """The weight types the installed onnx can write: INT4 needs onnx >= 1.16 (opset 21), INT2 onnx >= 1.20
+    (opset 25), each with its ``ml_dtypes`` type. Reading them needs a runtime as new: onnxruntime >= 1.24 for
+    INT2 (IR version 13; 1.23 reads up to IR 11), INT4 ran in every onnxruntime from 1.22 tried."""
+    import ml_dtypes
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    return tuple(kind for kind, _, _, first_opset in WEIGHT_TYPES
+                 if kind == "int8" or (hasattr(onnx.TensorProto, kind.upper()) and hasattr(ml_dtypes, kind)
+                                       and newest >= first_opset))
 
 
 def narrowest_weight_type(codes: torch.Tensor, opset: int | None = None) -> str:
     """The narrowest ONNX integer type (``"int2"``, ``"int4"``, ``"int8"``) holding every code, within ``opset``.
 
-    ``opset=None`` allows every type (the export then raises its opset to the one the type needs).
+    ``opset=None`` allows every type the installed onnx can write (:func:`available_weight_types`; the export
+    then raises its opset to the one the type needs).
     """
     lowest, highest = (int(codes.min()), int(codes.max())) if codes.numel() else (0, 0)
+    available = available_weight_types()
     for kind, type_min, type_max, first_opset in WEIGHT_TYPES:
-        if type_min <= lowest and highest <= type_max and (opset is None or opset >= first_opset):
+        if kind in available and type_min <= lowest and highest <= type_max and (opset is None or opset >= first_opset):
             return kind
     raise BitWidthError(f"weight codes in [{lowest}, {highest}] do not fit int8.")
 

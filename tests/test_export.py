@@ -150,6 +150,18 @@ def test_low_bit_files_shrink(resnet, tmp_path):
     assert qdq_summary(four)["weight_types"] == {"int4": LAYERS}
 
 
+def test_two_bit_weights_fall_back_to_int4_without_int2(resnet, images, tmp_path, monkeypatch):
+    """An onnx older than 1.20 has no INT2: the 2-bit codes go into INT4 (opset 21), still exact and smaller."""
+    import labkit.export as export_module
+
+    monkeypatch.setattr(export_module, "available_weight_types", lambda: ("int4", "int8"))
+    path = export_onnx(resnet, tmp_path / "w2-int4.onnx", bits=2)
+    summary = qdq_summary(path)
+    assert summary["weight_types"] == {"int4": LAYERS} and summary["opset"] == 21
+    check_graph(path, {name: 2 for name in labkit.quantized_layers(resnet)}, resnet, kinds="int4")
+    assert verify_onnx(resnet, path, images, bits=2)["top1_agreement"] >= 0.99
+
+
 def test_mixed_precision(resnet, images, tmp_path):
     names = list(labkit.quantized_layers(resnet))
     mixed = {name: (8, 6, 4, 2)[i % 4] for i, name in enumerate(names)}

@@ -101,7 +101,8 @@ class LiveTraining:
         evaluated = ", ".join(f"◆ {name} set" for name in self.eval_names)
         figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=(
             "training loss of each pass",
-            f"top-1 accuracy: — training batches (mean of {self.window} steps)" + (f", {evaluated}" if evaluated else "")))
+            f"top-1 accuracy: — training batches (mean of {self.window} steps)"
+            + (f", {evaluated}" if evaluated else "")))
         for b in self.precisions:
             color, name = bit_color(b) if b != FP32 else "#444444", precision_name(b)
             figure.add_trace(go.Scatter(x=[], y=[], mode="lines", name=name, legendgroup=name,

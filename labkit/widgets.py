@@ -15,8 +15,8 @@ from labkit.quant.ranges import check_bits, int_range
 from labkit.quant.weight import channel_view
 from labkit.rounding_study import code_difference_stats, codes_three_ways, check_tie_rule
 from labkit.viz import (code_histogram_bars, code_histogram_figure, codes_vs_input_figure, codes_vs_input_title,
-                        codes_vs_input_traces, prediction_labels, predictions_figure, predictions_title, quant_error_bars, quant_error_figure,
-                        quant_error_title)
+                        codes_vs_input_traces, prediction_labels, predictions_figure, predictions_title,
+                        quant_error_bars, quant_error_figure, quant_error_title)
 
 # ------------------------------------------------------------------ notebook 01: Double Rounding on scalars
 

@@ -20,7 +20,7 @@ from torch import nn
 
 import labkit
 from labkit.background_logits import BackgroundLogits, eval_logits
-from labkit.convert import get_bits, quantized_layers, set_bits
+from labkit.convert import get_bits, quantized_layers
 from labkit.errors import BitWidthError, LabkitError
 from labkit.switchboard_latency import count_widget_messages
 from labkit.viz import quant_error_bars, quant_error_figure
@@ -35,7 +35,8 @@ class SmallNet(nn.Module):
 
     def __init__(self, width: int = 8):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(3 if i == 0 else width, width, 3, padding=1, bias=False) for i in range(4)])
+        self.convs = nn.ModuleList([nn.Conv2d(3 if i == 0 else width, width, 3, padding=1, bias=False)
+                                    for i in range(4)])
         self.bns = nn.ModuleList([nn.BatchNorm2d(width) for _ in range(4)])
         self.fc = nn.Linear(width, 10)
 

@@ -144,18 +144,26 @@ def _runners(files: dict, threads: int, switchable_bits) -> dict:
     return runners
 
 
-def latency_facts(files: dict, image_shape=(3, 32, 32), batch_sizes=(1, 64), rounds: int = 15,
+ROUNDS_OF_PROFILE = {"smoke": 2, "laptop": 5, "paper": 15}
+
+
+def latency_facts(files: dict, image_shape=(3, 32, 32), batch_sizes=(1, 64), rounds: int | None = None,
                   min_seconds: float = 0.02, threads: int = 1, switchable_bits=None) -> dict:
     """Median onnxruntime latency (ms per batch) of every file, at every batch size, measured side by side.
 
     All sessions live in this one process; within a batch size the runners take turns round-robin (the order
     reversed every other round), each turn repeating its call until ``min_seconds`` pass, after one warm-up
-    call each; every figure is the median over ``rounds``. ``ratio_to`` gives each runner's median per-round
+    call each; every figure is the median over ``rounds`` (default: by ``$LABKIT_PROFILE``, 2 / 5 / 15 at
+    smoke / laptop / paper). ``ratio_to`` gives each runner's median per-round
     ratio to the first fixed-precision file (``"8-bit"`` when present). Returns ``{"ms": {label: {batch: ms}},
     "ratio": {label: {batch: ratio}}, "reference": label, "rounds", "threads"}``.
     """
     import numpy as np
 
+    if rounds is None:
+        from labkit.config import profile
+
+        rounds = ROUNDS_OF_PROFILE.get(profile(), 5)
     if rounds < 1:
         raise LabkitError(f"rounds={rounds}: time at least one round.")
     runners = _runners(files, threads, switchable_bits)
@@ -211,3 +219,67 @@ def facts_table(sizes: list[dict], latency: dict | None = None) -> str:
                 cells.append(f"{latency['ratio'][label][b]:.2f}" if label in latency["ratio"] else "")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ tables for notebook 06
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table (render it with ``IPython.display.Markdown``)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def storage_table(path, fp32_path) -> str:
+    """What the INT checkpoint at ``path`` holds, by kind (:func:`labkit.storage.storage_breakdown`), in KiB,
+    with the FP32 checkpoint's size for comparison."""
+    from labkit.storage import storage_breakdown
+
+    breakdown = storage_breakdown(path)
+    rows = [[kind, f"{size / 1024:.1f}"] for kind, size in breakdown.items()]
+    rows.append(["FP32 checkpoint, for comparison", f"{Path(fp32_path).stat().st_size / 1024:.1f}"])
+    return markdown_table(["what", "KiB"], rows)
+
+
+def cost_table(costs, allocations: dict) -> str:
+    """Weight storage (KiB) and GBitOPs per image of each ``{name: allocation}`` (METHOD.md §6)."""
+    from labkit.hasb.cost import total_bitops, total_size_bits
+
+    rows = [[name, f"{total_size_bits(costs, allocation) / 8 / 1024:.1f}",
+             f"{total_bitops(costs, allocation) / 1e9:.3f}"] for name, allocation in allocations.items()]
+    return markdown_table(["configuration", "weights (KiB)", "GBitOPs / image"], rows)
+
+
+def post_training_table(records: list[dict]) -> str:
+    """Top-1 accuracy (%) per bit-width of each :func:`labkit.ptq.post_training_comparison` record."""
+    bits = list(records[0]["accuracy"])
+    rows = [[record["label"]] + [f"{record['accuracy'][b]:.1f}" for b in bits] for record in records]
+    return markdown_table(["model"] + [f"{b}-bit" for b in bits], rows)
+
+
+def export_and_check(model: nn.Module, folder, precisions: dict, batches) -> list[dict]:
+    """Export each ``{label: bits}`` (an int or a ``{layer: bits}`` allocation) with :func:`labkit.export.export_onnx`
+    and compare it with PyTorch in onnxruntime on ``batches`` (:func:`labkit.export.verify_onnx`); one row each:
+    ``label``, ``path``, the :func:`~labkit.export.qdq_summary` and the verification result."""
+    from labkit.export import export_onnx, qdq_summary, verify_onnx
+
+    rows = []
+    for label, bits in precisions.items():
+        path = export_onnx(model, Path(folder) / f"{label.replace(' ', '-').replace(',', '')}.onnx", bits=bits)
+        rows.append({"label": label, "path": path, "summary": qdq_summary(path),
+                     "check": verify_onnx(model, path, batches, bits=bits)})
+    return rows
+
+
+def check_table(rows: list[dict]) -> str:
+    """The :func:`export_and_check` rows as a Markdown table: sizes, weight types and agreement with PyTorch."""
+    table = []
+    for row in rows:
+        summary, check = row["summary"], row["check"]
+        types = ", ".join(f"{count} × {kind.upper()}" for kind, count in sorted(summary["weight_types"].items()))
+        table.append([row["label"], f"{summary['bytes'] / 1024:.1f}", f"{summary['weight_bytes'] / 1024:.1f}", types,
+                      summary["opset"], f"{100 * check['top1_agreement']:.1f} %", f"{check['max_abs_diff']:.3g}",
+                      f"{check['max_abs_logit']:.3g}",
+                      f"{check['activation_code_mismatches']} of {check['activation_codes']:,}"])
+    return markdown_table(["file", "size (KiB)", "quantized weights (KiB)", "weight tensors", "opset",
+                           "top-1 agreement", "max abs logit diff", "max abs logit", "activation codes differing"],
+                          table)

@@ -684,6 +684,30 @@ def layer_code_outputs(graph) -> dict[str, str]:
     return found
 
 
+def graph_codes(path, bits) -> dict:
+    """``{layer: int8 numpy array}``: the l-bit codes the switchable file at ``path`` computes for ``bits``.
+
+    Runs the graph in onnxruntime with every layer's derived codes (:func:`layer_code_outputs`) as extra
+    outputs, on one zero image; ``bits`` as :meth:`SwitchableSession.bits_input` takes it. These integers are
+    what each layer's ``DequantizeLinear`` multiplies by its step.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    runner = SwitchableSession(path)
+    graph = onnx.load(str(path))
+    outputs = layer_code_outputs(graph)
+    for value in outputs.values():
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(value, onnx.TensorProto.INT8, None))
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    shape = [d.dim_value or 1 for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    feed = {INPUT_NAME: np.zeros(shape, np.float32), BITS_NAME: runner.bits_input(bits)}
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, feed)))
+    return {layer: values[value] for layer, value in outputs.items()}
+
+
 @torch.no_grad()
 def verify_switchable(model: nn.Module, path, inputs, bits=None) -> dict:
     """Run a switchable file in onnxruntime against ``model`` at each trained bit-width (or at ``bits``).

@@ -88,3 +88,24 @@ def test_benchmark_script_writes_its_files(tmp_path):
                                                           SWITCHABLE_LABEL]
     markdown = out.with_suffix(".md").read_text()
     assert "| 2-bit |" in markdown and "dequantizing" in markdown
+
+
+def test_notebook_tables_are_markdown(exported):
+    from labkit.deployment import check_table, cost_table, export_and_check, post_training_table, storage_table
+    from labkit.hasb.cost import layer_costs
+
+    model, files = exported
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = export_and_check(model, Path(files["8-bit"]).parent / "checked", {"4-bit": 4}, images)
+    table = check_table(rows).splitlines()
+    assert table[0].startswith("| file | size (KiB)") and table[2].startswith("| 4-bit |") and "18 × INT4" in table[2]
+    assert rows[0]["summary"]["weight_types"] == {"int4": 18} and rows[0]["check"]["images"] == 8
+    costs = layer_costs(model, (3, 32, 32))
+    names = list(labkit.quantized_layers(model))
+    cost = cost_table(costs, {"8-bit": {n: 8 for n in names}, "2-bit": {n: 2 for n in names}}).splitlines()
+    assert len(cost) == 4 and cost[3].startswith("| 2-bit |")
+    records = [{"label": "a", "accuracy": {8: 90.0, 2: 10.04}}, {"label": "b", "accuracy": {8: 80.0, 2: 20.0}}]
+    assert post_training_table(records).splitlines()[2] == "| a | 90.0 | 10.0 |"
+    fp32 = ROOT / "data" / "checkpoints" / "cifar10-resnet20-fp32.pt"
+    storage = storage_table(CHECKPOINT, fp32).splitlines()
+    assert storage[2].startswith("| weight codes (INT-h) |") and storage[-1].startswith("| FP32 checkpoint")

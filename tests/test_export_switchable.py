@@ -246,3 +246,44 @@ def test_cli_export_switchable(tmp_path, capsys):
     for bits in (8, 6, 4, 2):
         assert f"{bits}-bit: onnxruntime vs PyTorch" in printed
     assert printed.count("top-1 agreement") == 4
+
+
+def test_graph_codes_are_the_stored_codes_second_rounded(tmp_path):
+    from labkit.export_switchable import graph_codes
+    from labkit.storage import read_int
+
+    model = labkit.load_int(RESNET)
+    path = export_switchable_onnx(model, tmp_path / "switchable.onnx")
+    tensors, _ = read_int(RESNET)  # the checkpoint's own INT8 codes, not the graph's initializers
+    mixed = mixed_allocation(model)
+    for bits in (8, 4, 2, mixed):
+        codes = graph_codes(path, bits)
+        assert sorted(codes) == sorted(mixed)
+        for layer, values in codes.items():
+            low = bits if isinstance(bits, int) else bits[layer]
+            stored = tensors[f"{layer}.weight_codes"]
+            np.testing.assert_array_equal(values, double_round(stored, 8, low, "half_even").numpy())
+
+
+def test_player_drives_onnxruntime(tmp_path, images):
+    import re
+
+    from labkit.export_widgets import SwitchableOnnxPlayer, switchable_state
+
+    model = labkit.load_int(RESNET)
+    path = export_switchable_onnx(model, tmp_path / "switchable.onnx")
+    labels = torch.arange(len(images)) % 10
+    player = SwitchableOnnxPlayer(path, images, labels, class_names=[f"class {i}" for i in range(10)], model=model)
+    assert player.state["bits"] == 8 and player.slider.value == 8
+    for bits in (2, 6, 8):
+        state = player.update(bits)
+        expected = SwitchableSession(path).run(images, bits).argmax(1)
+        assert state["accuracy"] == pytest.approx(float((expected == labels.numpy()).mean()))
+        assert state["agreement"] >= 0.95 and len(state["predictions"]) == 8
+        assert re.search(r"Accuracy \d+\.\d+ %", player.readout.value) and f"{bits}-bit" in player.readout.value
+        assert state["predictions"][0]["predicted"] == f"class {expected[0]}"
+    assert player.slider.value == 8
+    with pytest.raises(BitWidthError, match="trained at"):
+        player.update(3)
+    with pytest.raises(BitWidthError, match="trained at"):
+        switchable_state(player.session, images, labels, 5)

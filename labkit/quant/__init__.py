@@ -4,6 +4,7 @@ from __future__ import annotations
 from labkit.quant.activation import ActivationQuantizer
 from labkit.quant.baselines import DoReFaWeightQuantizer, PerBitScaleWeightQuantizer
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, quantize_codes
+from labkit.quant.matquant import MatQuantWeightQuantizer, accumulate_multi_bit_gradients, slice_codes
 from labkit.quant.ranges import check_bit_set, check_bits, int_range
 from labkit.quant.rounding import ROUNDING_RULES, double_round
 from labkit.quant.weight import (SCALE_INITS, DoubleRoundingWeightQuantizer, LsqWeightQuantizer,
@@ -15,6 +16,7 @@ WEIGHT_METHODS = {
     "double_rounding": (DoubleRoundingWeightQuantizer, None),
     "floor": (TruncationWeightQuantizer, "floor"),
     "floor_naive": (DoubleRoundingWeightQuantizer, "floor"),
+    "matquant": (MatQuantWeightQuantizer, "half_up"),
     "per_bit_scale": (PerBitScaleWeightQuantizer, None),
     "any_precision": (DoReFaWeightQuantizer, None),
     "lsq": (LsqWeightQuantizer, None),
@@ -35,12 +37,14 @@ __all__ = [
     "DoReFaWeightQuantizer",
     "DoubleRoundingWeightQuantizer",
     "LsqWeightQuantizer",
+    "MatQuantWeightQuantizer",
     "PerBitScaleWeightQuantizer",
     "ROUNDING_RULES",
     "SCALE_INITS",
     "TruncationWeightQuantizer",
     "WEIGHT_METHODS",
     "WeightQuantizer",
+    "accumulate_multi_bit_gradients",
     "check_bit_set",
     "check_bits",
     "double_round",
@@ -49,4 +53,5 @@ __all__ = [
     "lsq_grad_scale",
     "make_weight_quantizer",
     "quantize_codes",
+    "slice_codes",
 ]

@@ -158,8 +158,8 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
 
     ``stored_codes`` (set by :func:`labkit.load_int`) holds the INT-h codes of a checkpoint; the forward pass
     in eval mode (or without gradients) then runs on them alone and never reads the float weights. The first
-    *training* forward (train mode, gradients enabled) drops them (:meth:`drop_stored_codes`): training moves the
-    float weights and the scale, which start equal to the stored codes × scale, so from then on every path
+    *training* forward (train mode, gradients enabled) sets the float weights to the stored codes × scale and drops
+    the codes (:meth:`drop_stored_codes`): training moves the float weights and the scale, so from then on every path
     (forward, :meth:`codes`, ``save_int``, export) quantizes the current float weights and no stale code is
     ever evaluated. Fine-tune a loaded model in train mode: in eval mode its forward uses the stored integers,
     which carry no gradient to the weights or their scale.
@@ -203,8 +203,10 @@ class DoubleRoundingWeightQuantizer(WeightQuantizer):
         """The dequantized l-bit weight ``Ŵ_l = (q_l + centre) · s_h · 2^Δ`` used by the layer (Eq. 3)."""
         if self.stored_codes is not None:
             if self.training and torch.is_grad_enabled():
-                # A training forward: from here on the float weights (= stored codes × scale at load) and the scale
-                # move, so the stored codes would go stale; drop them and quantize the float weights from now on.
+                # A training forward: from here on the float weights and the scale move, so the stored codes would go
+                # stale; start the float weights at the stored codes × scale, drop the codes, quantize the weights.
+                with torch.no_grad():
+                    weight.copy_(self.stored_codes.to(weight.dtype) * channel_view(self.scale.detach(), weight))
                 self.drop_stored_codes()
             else:
                 # Integer-only switching: derive the l-bit codes once per switch, then reuse the weight.

@@ -20,7 +20,7 @@ import ipywidgets
 import torch
 
 from labkit.background_logits import eval_logits
-from labkit.convert import quantized_layers
+from labkit.convert import quantized_layers, set_bits
 
 # Goals of issue 11's table: a uniform move within 150 ms; a per-layer change within one forward pass + 150 ms.
 UNIFORM_GOAL_MS = 150.0
@@ -65,7 +65,10 @@ def measure_switchboard_latency(model, images, labels, *, fp32_model=None, round
     bit-width, so each needs one forward pass). Before each move it times one forward pass of a copy of ``model``
     at its top bit-width (and of ``fp32_model`` when given, e.g. ``labkit.load_shipped("cifar10-resnet20-fp32")``).
 
-    Returns a dict of medians in milliseconds: ``open_ms`` (until the widget exists), ``precompute_ms`` (after
+    The model is left at its top bit-width.
+
+    Returns a dict of medians in milliseconds: ``open_ms`` (until the widget exists; the first switchboard of a
+    process also pays plotly's one-time ``FigureWidget`` import, about 2 s here), ``precompute_ms`` (after
     that, until the background is done), ``forward_ms`` (the quantized model), ``fp32_forward_ms`` (or None),
     ``uniform_move_ms`` / ``uniform_move_max_ms``, ``per_layer_move_ms``, ``per_layer_extra_ms`` (a per-layer move
     minus the forward pass timed just before it); ratios to the forward pass timed just before each move, median
@@ -168,4 +171,5 @@ def measure_switchboard_latency(model, images, labels, *, fp32_model=None, round
         "messages_per_layer_move": median(r["messages"] for r in layer_traffic),
         "bytes_per_layer_move": median(r["bytes"] for r in layer_traffic),
     }
+    set_bits(model, top)
     return result

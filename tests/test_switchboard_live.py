@@ -201,6 +201,7 @@ def test_measure_switchboard_latency_reports_ratios_and_goals(model, batch):
     assert result["uniform_goal_met"] == (result["uniform_move_ms"] <= 150.0)
     assert result["per_layer_goal_met"] == (result["per_layer_extra_ms"] <= 150.0)
     assert result["messages_per_uniform_move"] > 0 and result["bytes_per_layer_move"] > 0
+    assert set(get_bits(model).values()) == {8}  # left at the top bit-width
 
 
 # ---------------------------------------------------------------- least data to the browser

@@ -48,7 +48,7 @@ def export_precisions(model: nn.Module, folder, bits=None, switchable: bool = Tr
     example = default_example_input(model) if example_input is None else example_input
     files = {}
     if fp32_model is not None:
-        files[FP32_LABEL] = _export_float(fp32_model, folder / "fp32.onnx", example)
+        files[FP32_LABEL] = export_fp32_onnx(fp32_model, folder / "fp32.onnx", example)
     for value in (trained_bits(model) if bits is None else bits):
         files[f"{value}-bit"] = export_onnx(model, folder / f"w{value}.onnx", bits=value, example_input=example)
     if switchable:
@@ -56,11 +56,17 @@ def export_precisions(model: nn.Module, folder, bits=None, switchable: bool = Tr
     return files
 
 
-def _export_float(model: nn.Module, path: Path, example: torch.Tensor) -> Path:
+def export_fp32_onnx(model: nn.Module, path, example_input: torch.Tensor | None = None) -> Path:
+    """The float model as a plain ONNX graph (opset 17): the reference a user would otherwise ship."""
     import warnings
+
+    from labkit.export import default_example_input
 
     from labkit.export import INPUT_NAME, OUTPUT_NAME
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = default_example_input(model) if example_input is None else example_input
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)

@@ -19,7 +19,8 @@ def test_each_supernet_has_its_own_slot_at_each_average():
     dots = [t for t in figure.data if t.type == "scatter"]
     assert [t.name for t in boxes] == ["HASB", "uniform"] and len(dots) == 2
     # averages 3.0 and 4.0 are categories 0 and 1; HASB left of centre, uniform right of it, never overlapping
-    assert sorted(set(boxes[0].x)) == pytest.approx([-0.2, 0.8]) and sorted(set(boxes[1].x)) == pytest.approx([0.2, 1.2])
+    assert sorted(set(boxes[0].x)) == pytest.approx([-0.2, 0.8])
+    assert sorted(set(boxes[1].x)) == pytest.approx([0.2, 1.2])
     for box, dot in zip(boxes, dots):
         for centre in set(box.x):
             near = [x for x in dot.x if abs(x - centre) < 0.2]

@@ -82,8 +82,9 @@ def layer_costs(model: nn.Module, example_input) -> dict[str, LayerCost]:
     try:
         probe(x)
     except RuntimeError as error:  # typically a shape mismatch deep inside the model
-        raise ExampleInputError(f"the model does not run on an input of shape {tuple(x.shape)} ({error}); pass "
-                                "example_input=<a batch the model accepts> or the shape of one of its images.") from error
+        raise ExampleInputError(
+            f"the model does not run on an input of shape {tuple(x.shape)} ({error}); pass "
+            "example_input=<a batch the model accepts> or the shape of one of its images.") from error
     finally:
         for handle in handles:
             handle.remove()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from labkit.reproduction import SUITE_BUDGET
+from labkit.train.run import source_version
 from labkit.train.scale_health import measure_weight_scales
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "weight-scales"
@@ -28,6 +29,7 @@ def main(names) -> None:
     for name in names or list(VARIANTS):
         overrides = {**SUITE_BUDGET, "checkpoint_every": 0, "workers": 0, **VARIANTS[name]}
         result = measure_weight_scales("cifar10-resnet20", overrides, "laptop")
+        result["source"] = source_version()
         (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(name, json.dumps(result["weight_scales"]), json.dumps(result["accuracy"]), result["wall_time_s"], "s",
               flush=True)

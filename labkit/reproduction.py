@@ -109,6 +109,9 @@ ROWS: tuple[Row, ...] = (
                 "L layers' weight scales as the paper writes it (issue 10 item 4)"),
     Row("8642-alrs-pskd-a2", "cifar10-resnet20", {"kd": "pskd"}, "open",
         "{8,6,4,2} + ALRS + PS-KD, Alg. A.2"),
+    # Issue 10 item 10: the opt-in remedy for weight scales that Adam drives through zero.
+    Row("8642-alrs-logscale-a2", "cifar10-resnet20", {"weight_scale_update": "log"}, "open",
+        "{8,6,4,2} + ALRS, Alg. A.2, weight scales by Adam on log s (opt-in)"),
 )
 
 

@@ -80,7 +80,8 @@ def suite_section() -> list[str]:
         f"- **What the paper leaves open** (METHOD.md §4–5): the authors' geometric ALRS (1, 0.1, 0.01) − Eq. 7 "
         f"(1, 0.5, 0.1) on {{4,3,2}}: {_delta(by_name, '432-geometric-a2', '432-alrs-a2', (4, 3, 2))}; Eq. 6's "
         f"gradient term (floored) − Eq. 7 alone: {_delta(by_name, '8642-alrs-gradterm-a2', '8642-alrs-a2', (8, 6, 4, 2))}; "
-        f"PS-KD − no KD: {_delta(by_name, '8642-alrs-pskd-a2', '8642-alrs-a2', (8, 6, 4, 2))}.",
+        f"PS-KD − no KD: {_delta(by_name, '8642-alrs-pskd-a2', '8642-alrs-a2', (8, 6, 4, 2))}; weight scales by "
+        f"Adam on log s − plain Adam: {_delta(by_name, '8642-alrs-logscale-a2', '8642-alrs-a2', (8, 6, 4, 2))}.",
         "",
         "One seed, 10,000 test images: the standard error of one accuracy is about 0.4 points, so differences below "
         "about a point are not resolved by this budget.", "",

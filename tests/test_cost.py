@@ -93,7 +93,7 @@ def test_resnet20_costs():
 
 
 def test_no_input_or_one_the_model_refuses_is_a_clear_error():
-    from labkit.hasb.graph import ExampleInputError
+    from labkit.errors import ExampleInputError
 
     mnist_like = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))  # only 1×28×28
     assert layer_costs(mnist_like, (1, 28, 28))["2"] == LayerCost(4 * 26 * 26 * 10, 4 * 26 * 26 * 10)
@@ -102,3 +102,6 @@ def test_no_input_or_one_the_model_refuses_is_a_clear_error():
             layer_costs(mnist_like, missing)
     with pytest.raises(ExampleInputError, match=r"shape \(1, 1, 32, 32\)"):
         layer_costs(mnist_like, (1, 32, 32))
+    mnist_like.input_shape = (1, 28, 28)  # a shape the model states
+    assert layer_costs(mnist_like) == layer_costs(mnist_like, (1, 28, 28))
+    assert layer_costs(build_model("resnet20")) == layer_costs(build_model("resnet20"), (3, 32, 32))  # its arch record

@@ -12,7 +12,8 @@ import torchvision
 from torch import nn
 
 import labkit
-from labkit.hasb.graph import ExampleInputError, layer_predecessors, pointwise_convs
+from labkit.errors import ExampleInputError
+from labkit.hasb.graph import layer_predecessors, pointwise_convs
 from labkit.models import build_model
 from labkit.nn import TransitionalBatchNorm2d
 
@@ -131,6 +132,10 @@ def test_an_untraceable_model_uses_a_real_forward_pass():
     with pytest.raises(ExampleInputError, match="example_input="):
         layer_predecessors(model, layers)
     assert layer_predecessors(model, layers, example_input=torch.randn(2, 3, 8, 8)) == expected
+    model.input_shape = (3, 8, 8)  # a shape the model states: no example input needed
+    assert layer_predecessors(model, layers) == expected
+    with pytest.raises(ExampleInputError, match=r"shape \(2, 3\)"):
+        layer_predecessors(model, layers, example_input=torch.randn(2, 3))
 
 
 def test_pointwise_convs_are_the_1x1_convolutions():

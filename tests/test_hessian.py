@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import labkit
 from labkit.config import data_root
-from labkit.hasb.graph import ExampleInputError
+from labkit.errors import ExampleInputError
 from labkit.hasb.hessian import (TraceEstimate, average_traces, default_layers, hessian_trace_estimates, hessian_traces,
                                  hmt_distribution)
 from labkit.models import build_model

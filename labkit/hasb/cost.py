@@ -20,7 +20,7 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
-from labkit.hasb.graph import ExampleInputError
+from labkit.errors import ExampleInputError
 
 FLOAT_BITS = 32  # weights and activations of a layer that is not quantized
 
@@ -43,10 +43,15 @@ def model_size_bits(params, bits):
 
 
 def _probe_input(model: nn.Module, example_input) -> torch.Tensor:
-    """The batch to probe with: ``example_input`` itself, or one random image of the shape it states (MACs
-    depend only on the shape). Nothing is guessed: without one, :class:`ExampleInputError`."""
+    """The batch to probe with: ``example_input`` itself, or one random image of the shape it gives, or (``None``)
+    of the shape the model states (:func:`labkit.convert.known_input_shape`); MACs depend only on the shape.
+    Nothing is guessed: without any of these, :class:`~labkit.errors.ExampleInputError`."""
+    from labkit.convert import example_input_for
+
     if isinstance(example_input, torch.Tensor):
         return example_input
+    if example_input is None:
+        return example_input_for(model, batch=1)
     if isinstance(example_input, (tuple, list, torch.Size)) and example_input and all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in example_input):
         parameter = next(model.parameters(), None)
@@ -57,10 +62,12 @@ def _probe_input(model: nn.Module, example_input) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_costs(model: nn.Module, example_input) -> dict[str, LayerCost]:
+def layer_costs(model: nn.Module, example_input=None) -> dict[str, LayerCost]:
     """``{name: LayerCost(macs, params)}`` of every conv/linear layer that runs on ``example_input``.
 
-    ``example_input`` is a batch (MACs are divided by its size) or one image's shape such as ``(3, 32, 32)``.
+    ``example_input`` is a batch (MACs are divided by its size) or one image's shape such as ``(3, 32, 32)``;
+    ``None`` takes the shape the model states (``model.input_shape``, or the image size of a
+    ``labkit.models.build_model`` model), else raises :class:`~labkit.errors.ExampleInputError`.
     MACs of a convolution are ``C_out·H_out·W_out · (C_in/groups)·k_h·k_w``, of a linear layer
     ``out_features · in_features`` per input row; biases are not counted. The probe runs on a copy of
     the model in eval mode, so the model itself (lazily initialised activation scales, batch-norm

@@ -28,8 +28,9 @@ A layer that runs more than once (shared weights) takes the predecessor of its f
 and the lab's batch norms are leaves). ``method="hooks"``: one real forward pass of ``example_input`` with a
 ``TorchFunctionMode`` that records, for every tensor an operation returns, which tensors it was computed from
 (tensor provenance; module hooks mark the weighted layers), so data-dependent control flow is followed as it
-runs. ``method="auto"`` (default): ``fx`` where the model traces, else ``hooks``, which needs ``example_input``
-(a real batch, never a made-up one): without it :class:`ExampleInputError` says to pass one.
+runs. ``method="auto"`` (default): ``fx`` where the model traces, else ``hooks``. ``hooks`` needs an input:
+``example_input``, or a random batch of the shape the model states (``model.input_shape`` or its architecture
+record, :func:`labkit.convert.known_input_shape`); never a guessed size: without either, ``ExampleInputError``.
 """
 from __future__ import annotations
 
@@ -42,13 +43,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from labkit.errors import LabkitError
-
-try:  # the lab-wide error for a missing example input (labkit.errors); defined here until it exists there
-    from labkit.errors import ExampleInputError
-except ImportError:  # pragma: no cover - depends on the version of labkit.errors
-    class ExampleInputError(LabkitError, ValueError):
-        """A model had to be run on an input, and none was given (or it did not accept the one given)."""
+from labkit.errors import ExampleInputError, LabkitError
 
 WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 METHODS = ("auto", "fx", "hooks")
@@ -198,15 +193,16 @@ def layer_predecessors(model: nn.Module, layers: Iterable[str] | None = None, *,
         model: the network (a ``labkit.quantize_model`` model, or any model).
         layers: the layers that count as quantized; by default the model's quantized layers. FP32 weighted
             layers end a walk with ``None``.
-        example_input: a real batch the model accepts (a tensor, or a tuple of positional inputs); needed only
-            by ``method="hooks"`` (and by ``"auto"`` when fx cannot trace the model).
+        example_input: a batch the model accepts (a tensor, or a tuple of positional inputs); used only by
+            ``method="hooks"`` (and by ``"auto"`` when fx cannot trace the model), which otherwise takes a random
+            batch of the model's stated input shape (:func:`labkit.convert.known_input_shape`).
         method: ``"auto"``, ``"fx"`` or ``"hooks"`` (module docstring).
 
     A layer of ``layers`` that the forward pass never runs maps to ``None``.
     """
-    if layers is None:
-        from labkit.convert import quantized_layers
+    from labkit.convert import example_input_for, known_input_shape, quantized_layers
 
+    if layers is None:
         layers = list(quantized_layers(model))
     layers = list(layers)
     if method not in METHODS:
@@ -218,14 +214,21 @@ def layer_predecessors(model: nn.Module, layers: Iterable[str] | None = None, *,
             if method == "fx":
                 raise LabkitError(f"torch.fx cannot trace {type(model).__name__} ({type(error).__name__}: {error}); "
                                   "use method='hooks' with example_input=<a batch the model accepts>.") from error
-            if example_input is None:
+            if example_input is None and known_input_shape(model) is None:
                 raise ExampleInputError(
                     f"torch.fx cannot trace {type(model).__name__} ({type(error).__name__}: {error}), so the layers' "
-                    "predecessors must come from a real forward pass: pass example_input=<a batch the model accepts>, "
-                    "e.g. one batch of your data.") from error
+                    "predecessors must come from a forward pass, and the model's input shape is not known: pass "
+                    "example_input=<a batch the model accepts> (e.g. one batch of your data), or set "
+                    "model.input_shape = (C, H, W).") from error
     if example_input is None:
-        raise ExampleInputError("method='hooks' runs the model: pass example_input=<a batch the model accepts>.")
-    return _hooks_graph(model, example_input).predecessors(layers)
+        example_input = example_input_for(model)  # the shape the model states, or ExampleInputError
+    try:
+        return _hooks_graph(model, example_input).predecessors(layers)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        raise ExampleInputError(f"{type(model).__name__} did not run on the input of shape {shape} "
+                                f"({type(error).__name__}: {error}); pass example_input=<a batch the model accepts>."
+                                ) from error
 
 
 def pointwise_convs(model: nn.Module, layers: Iterable[str] | None = None) -> list[str]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from labkit.convert import plan_quantization, quantized_layers
-from labkit.hasb.graph import ExampleInputError, pointwise_convs
+from labkit.hasb.graph import pointwise_convs
 from labkit.hasb.progress import progress_bar
 from labkit.hasb.roulette import sensitivity_threshold
 
@@ -69,18 +69,15 @@ def default_layers(model: nn.Module, example_input: torch.Tensor | None = None,
     """The layers HASB measures: those ``quantize_model`` quantizes (less the 1×1 convs with ``exclude_pointwise``).
 
     A quantized model: its ``quantized_layers`` (no input needed). An FP32 model: every ``nn.Conv2d``/``nn.Linear``
-    except the first and the last *executed* one, found by one forward pass of ``example_input`` (a real batch the
-    model accepts, as ``quantize_model`` does), in execution order; without one, :class:`ExampleInputError`.
+    except the first and the last *executed* one, found by one forward pass, in execution order, exactly as
+    ``quantize_model`` finds them (:func:`labkit.convert.plan_quantization`): of ``example_input``, else of a batch
+    of the shape the model states; where neither is there, :class:`~labkit.errors.ExampleInputError`.
     ``exclude_pointwise``: leave out the 1×1 convolutions, as the authors' code does (:func:`pointwise_convs`;
     default ``False``, see :func:`hessian_trace_estimates`).
     """
     quantized = quantized_layers(model)
     if quantized:
         layers = list(quantized)
-    elif example_input is None:
-        raise ExampleInputError("the model is not quantized, so finding the layers HASB measures (all conv/linear "
-                                "layers but the first and last executed) takes one forward pass: pass "
-                                "example_input=<a batch the model accepts>, e.g. one batch of your data.")
     else:
         layers = list(plan_quantization(model, example_input=example_input)["layers"])
     if exclude_pointwise:

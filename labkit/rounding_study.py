@@ -1,4 +1,4 @@
-"""Three ways to get l-bit weight codes, side by side: the study behind notebook 01 (METHOD.md §1).
+"""Four ways to get l-bit weights from the same INT-h storage, side by side: the study behind notebook 01 (METHOD.md §1).
 
 Double Rounding (paper Eq. 1–3) stores one INT-h tensor and derives every lower precision from it:
 
@@ -6,13 +6,23 @@ Double Rounding (paper Eq. 1–3) stores one INT-h tensor and derives every lowe
 2. second rounding:         ``q_l = clip(round(q_h / 2^Δ), -2^(l-1), 2^(l-1) - 1)``, Δ = h - l (Eq. 2)
 3. dequantize:              ``Ŵ_l = q_l · s_h · 2^Δ``                                       (Eq. 3)
 
-This module compares the Double Rounding codes with the two alternatives a reader should have in mind:
+This module compares Double Rounding with the alternatives a reader should have in mind:
 
 - **direct rounding** of ``W / s_l`` with the tied scale ``s_l = s_h · 2^Δ`` (what one rounding from FP32
   master weights gives; needs the FP32 weights at switching time);
-- **floor**: truncating the stored codes, ``q_h >> Δ`` (the AdaBits / Bit-Mixer baseline).
+- **truncation** (floor) of the stored codes, ``q_h >> Δ`` (the AdaBits / Bit-Mixer baseline, METHOD.md §7), with
+  two ways to dequantize the truncated code (:func:`truncation_centre`):
 
-It measures, never assumes, how often the second rounding changes a code and how large the error gets.
+  * at the **bottom** of the INT-h cells it covers, ``Ŵ_l = q_l · s_l``: the Double Rounding authors' own
+    truncation ablation (METHOD.md §9, "without centring"); ``method="floor_naive"`` in :mod:`labkit.quant`.
+    Every weight is biased down by almost half an l-bit step.
+  * at their **centre**, ``Ŵ_l = (q_l + c_Δ) · s_l`` with ``c_Δ = 1/2 − 2^−(Δ+1)``: the fair truncation a
+    careful user deploys; ``method="floor"`` in :mod:`labkit.quant` (``TruncationWeightQuantizer``). AdaBits and
+    Bit-Mixer describe their lower precisions as truncated (low bits dropped); where their code places the
+    dequantized value the lab could not check.
+
+It measures, never assumes, how often the codes differ, how biased each way is and how large the error gets.
+The tables are Markdown (render them with ``IPython.display.Markdown``).
 """
 from __future__ import annotations
 
@@ -25,7 +35,20 @@ from labkit.quant.ranges import check_bits, int_range
 from labkit.quant.rounding import double_round
 
 TIE_RULES = ("half_even", "half_up")
-"""Tie rules of the second rounding that round to nearest; ``"floor"`` is always computed as the third way."""
+"""Tie rules of the second rounding that round to nearest; ``"floor"`` (truncation) is always computed as well."""
+
+WAYS = ("direct", "double", "floor_naive", "floor_centred")
+"""The four ways of getting an l-bit weight, in the order the tables and figures show them."""
+
+WAY_LABELS = {
+    "direct": "direct rounding of W/s_l",
+    "double": "Double Rounding",
+    "floor_naive": "truncation, cell bottom (naive)",
+    "floor_centred": "truncation, cell centre (fair)",
+}
+"""Short names of :data:`WAYS` for tables and legends."""
+
+TIE_RULE_NAMES = {"half_even": "ties to even", "half_up": "ties up", "floor": "floor (q_h >> Δ)"}
 
 
 def check_tie_rule(rounding: str) -> str:
@@ -33,7 +56,7 @@ def check_tie_rule(rounding: str) -> str:
     if rounding not in TIE_RULES:
         raise ValueError(
             f"rounding={rounding!r} is not a round-to-nearest tie rule; use one of {list(TIE_RULES)} "
-            f"(floor/truncation is always returned as the third way, in .floor_codes)."
+            f"(floor/truncation is always returned as well, in .floor_codes)."
         )
     return rounding
 
@@ -47,6 +70,18 @@ def round_to_nearest(x: torch.Tensor, rounding: str = "half_even") -> torch.Tens
     """Round a float tensor to the nearest whole number; ties to even (``torch.round``) or up (``floor(x + 0.5)``)."""
     check_tie_rule(rounding)
     return torch.round(x) if rounding == "half_even" else torch.floor(x + 0.5)
+
+
+def truncation_centre(high_bits: int, low_bits: int) -> float:
+    """``c_Δ = 1/2 − 2^−(Δ+1)``: where a truncated code's cells are centred, in l-bit steps above ``q_l`` (0 at Δ = 0).
+
+    The truncated code ``q_l = q_h >> Δ`` stands for the 2^Δ stored codes ``q_l·2^Δ … q_l·2^Δ + 2^Δ − 1``, i.e. for
+    ``W / s_h`` in ``[q_l·2^Δ − 1/2, q_l·2^Δ + 2^Δ − 1/2)``, whose centre is ``q_l·2^Δ + (2^Δ − 1)/2`` INT-h steps:
+    ``q_l + c_Δ`` l-bit steps. The same offset as ``TruncationWeightQuantizer.centre`` (``method="floor"``).
+    """
+    high_bits, low_bits = check_bits(high_bits, name="high_bits"), check_bits(low_bits, name="low_bits")
+    delta = high_bits - low_bits
+    return 0.0 if delta <= 0 else 0.5 - 2.0 ** -(delta + 1)
 
 
 def _as_float(values) -> torch.Tensor:
@@ -81,7 +116,11 @@ def direct_rounding(values, scale_h: float, high_bits: int = 8, low_bits: int = 
 
 @dataclass(frozen=True)
 class ThreeWayCodes:
-    """The stored INT-h codes and the l-bit codes by Double Rounding, direct rounding and floor, for the same inputs."""
+    """The stored INT-h codes and the l-bit codes by Double Rounding, direct rounding and truncation, for the same inputs.
+
+    Three kinds of codes, four ways (:data:`WAYS`): the truncated codes are dequantized at the bottom or at the
+    centre of their cells (:meth:`values_of`).
+    """
 
     values: torch.Tensor        # W, the float inputs
     scale_h: float              # s_h, the one learned weight scale
@@ -104,6 +143,11 @@ class ThreeWayCodes:
         return self.scale_h * 2.0 ** self.delta
 
     @property
+    def floor_centre(self) -> float:
+        """``c_Δ`` of :func:`truncation_centre`: the fair truncation dequantizes at ``(q_l + c_Δ) · s_l``."""
+        return truncation_centre(self.high_bits, self.low_bits)
+
+    @property
     def high_values(self) -> torch.Tensor:
         """``q_h · s_h``: the dequantized stored weights."""
         return self.high_codes.to(self.values.dtype) * self.scale_h
@@ -119,9 +163,20 @@ class ThreeWayCodes:
         return self.direct_codes.to(self.values.dtype) * self.scale_l
 
     @property
-    def floor_values(self) -> torch.Tensor:
-        """``q_l · s_l`` for the truncated codes."""
+    def floor_naive_values(self) -> torch.Tensor:
+        """``q_l · s_l`` for the truncated codes: the bottom of their cells (the authors' ablation, ``"floor_naive"``)."""
         return self.floor_codes.to(self.values.dtype) * self.scale_l
+
+    @property
+    def floor_centred_values(self) -> torch.Tensor:
+        """``(q_l + c_Δ) · s_l`` for the truncated codes: the centre of their cells (``method="floor"``)."""
+        return (self.floor_codes.to(self.values.dtype) + self.floor_centre) * self.scale_l
+
+    def values_of(self, way: str) -> torch.Tensor:
+        """The dequantized l-bit weights ``Ŵ_l`` of one of :data:`WAYS`."""
+        if way not in WAYS:
+            raise ValueError(f"way={way!r} is unknown; use one of {list(WAYS)}.")
+        return getattr(self, f"{way}_values")
 
 
 def codes_three_ways(values, scale_h: float, high_bits: int = 8, low_bits: int = 4,
@@ -129,8 +184,8 @@ def codes_three_ways(values, scale_h: float, high_bits: int = 8, low_bits: int =
     """Quantize ``values`` to l bits three ways from the same INT-h storage (METHOD.md §1, Eq. 1–3).
 
     ``rounding`` ("half_even" or "half_up") is the tie rule of the integer second rounding; the direct rounding
-    uses the same rule (its ties have probability zero for real-valued inputs). The floor codes are always
-    included. ``low_bits == high_bits`` gives the INT-h codes three times.
+    uses the same rule (its ties have probability zero for real-valued inputs). The truncated (floor) codes are
+    always included. ``low_bits == high_bits`` gives the INT-h codes three times.
     """
     high_bits, low_bits = check_bits(high_bits, name="high_bits"), check_bits(low_bits, name="low_bits")
     check_tie_rule(rounding)
@@ -170,21 +225,33 @@ def uniform_inputs(high_bits: int = 8, points_per_code: int = 64, dtype: torch.d
 
 @dataclass(frozen=True)
 class SecondRoundingStats:
-    """How the l-bit codes of Double Rounding and of floor compare with direct rounding (errors in l-bit LSB)."""
+    """How the four ways compare (:data:`WAYS`): codes that differ from direct rounding, and the errors in l-bit LSB.
+
+    The error of a way is ``(Ŵ_l − W) / s_l``, measured over the inputs of :func:`unclipped_mask` only (so it is a
+    rounding error, not a clipping error): ``bias_*`` is its mean (the systematic shift), ``mean_error_*`` the mean
+    of its absolute value and ``worst_error_*`` the largest absolute value.
+    """
 
     high_bits: int
     low_bits: int
     rounding: str
     inputs: int                       # number of inputs compared
+    measured: int                     # of them, inside unclipped_mask (where the errors are measured)
     fraction_double_differs: float    # share of inputs whose Double Rounding code != direct code
-    fraction_floor_differs: float     # share of inputs whose floor code != direct code
+    fraction_floor_differs: float     # share of inputs whose truncated code q_h >> Δ != direct code
     max_code_difference: int          # max |double code - direct code|
-    worst_error_direct: float         # max |q_l - W/s_l| over unclipped inputs, in l-bit LSB
+    worst_error_direct: float         # max |Ŵ_l - W| / s_l over the measured inputs
     worst_error_double: float
-    worst_error_floor: float
-    mean_error_direct: float          # mean |q_l - W/s_l| over unclipped inputs, in l-bit LSB
+    worst_error_floor_naive: float
+    worst_error_floor_centred: float
+    mean_error_direct: float          # mean |Ŵ_l - W| / s_l over the measured inputs
     mean_error_double: float
-    mean_error_floor: float
+    mean_error_floor_naive: float
+    mean_error_floor_centred: float
+    bias_direct: float                # mean (Ŵ_l - W) / s_l over the measured inputs
+    bias_double: float
+    bias_floor_naive: float
+    bias_floor_centred: float
 
     @property
     def delta(self) -> int:
@@ -196,52 +263,71 @@ class SecondRoundingStats:
         """The analytic bound on the Double Rounding error, ``0.5 + 2^-(Δ+1)`` LSB (0.5 when Δ = 0), for comparison."""
         return 0.5 if self.delta == 0 else 0.5 + 2.0 ** -(self.delta + 1)
 
+    @property
+    def codes_double_differs(self) -> int:
+        """How many inputs have a Double Rounding code that differs from the direct one."""
+        return round(self.fraction_double_differs * self.inputs)
+
+    @property
+    def codes_floor_differs(self) -> int:
+        """How many inputs have a truncated code that differs from the direct one."""
+        return round(self.fraction_floor_differs * self.inputs)
+
+    # The truncated codes read as they are (q_l · s_l), i.e. the naive truncation: what the staircase of codes shows.
+    @property
+    def worst_error_floor(self) -> float:
+        """:attr:`worst_error_floor_naive`: the error of the truncated codes read as they are, ``q_l · s_l``."""
+        return self.worst_error_floor_naive
+
+    @property
+    def mean_error_floor(self) -> float:
+        """:attr:`mean_error_floor_naive`: the error of the truncated codes read as they are, ``q_l · s_l``."""
+        return self.mean_error_floor_naive
+
 
 def unclipped_mask(result: ThreeWayCodes) -> torch.Tensor:
-    """True where neither range clips: ``W/s_h`` inside the INT-h cells and ``W/s_l`` inside the l-bit cells.
+    """True where no way clips: ``|W / s_l| ≤ 2^(l−1) − 1/2``, the widest range symmetric around 0 that every way covers.
 
-    Errors are measured only there, so that they are rounding errors, not clipping errors.
+    Inside it ``W / s_h`` is inside the INT-h cells and ``W / s_l`` inside the l-bit cells of rounding, so the errors
+    measured there are rounding errors, not clipping errors. It is symmetric because the signed ranges are not
+    (one more negative code): over a lopsided range the mean error would measure the range, not the rounding.
     """
-    hmin, hmax = int_range(result.high_bits)
-    lmin, lmax = int_range(result.low_bits)
-    x_h = result.values / result.scale_h
+    _, lmax = int_range(result.low_bits)
     x_l = result.values / result.scale_l
-    return (x_h >= hmin - 0.5) & (x_h <= hmax + 0.5) & (x_l >= lmin - 0.5) & (x_l <= lmax + 0.5)
+    return x_l.abs() <= lmax + 0.5
 
 
 def code_difference_stats(result: ThreeWayCodes) -> SecondRoundingStats:
-    """Compare the three ways of :func:`codes_three_ways` on whatever inputs it was given."""
+    """Compare the ways of :func:`codes_three_ways` on whatever inputs it was given."""
     direct = result.direct_codes.to(torch.int64)
     double = result.double_codes.to(torch.int64)
     floor = result.floor_codes.to(torch.int64)
     inputs = direct.numel()
     if inputs == 0:
         raise ValueError("no inputs to compare; pass at least one value.")
-    x_l = (result.values / result.scale_l).to(torch.float64)
     mask = unclipped_mask(result)
+    x_l = (result.values / result.scale_l).to(torch.float64)[mask]
+    errors = {way: (result.values_of(way) / result.scale_l).to(torch.float64)[mask] - x_l for way in WAYS}
+    nan = float("nan")
 
-    def worst(codes):
-        errors = (codes.to(torch.float64) - x_l)[mask].abs()
-        return float(errors.max()) if errors.numel() else float("nan")
-
-    def mean(codes):
-        errors = (codes.to(torch.float64) - x_l)[mask].abs()
-        return float(errors.mean()) if errors.numel() else float("nan")
+    def reduce(way, how):
+        e = errors[way]
+        if not e.numel():
+            return nan
+        return float({"worst": e.abs().max, "mean": e.abs().mean, "bias": e.mean}[how]())
 
     return SecondRoundingStats(
         high_bits=result.high_bits,
         low_bits=result.low_bits,
         rounding=result.rounding,
         inputs=inputs,
+        measured=int(mask.sum()),
         fraction_double_differs=float((double != direct).sum()) / inputs,
         fraction_floor_differs=float((floor != direct).sum()) / inputs,
         max_code_difference=int((double - direct).abs().max()),
-        worst_error_direct=worst(direct),
-        worst_error_double=worst(double),
-        worst_error_floor=worst(floor),
-        mean_error_direct=mean(direct),
-        mean_error_double=mean(double),
-        mean_error_floor=mean(floor),
+        **{f"worst_error_{way}": reduce(way, "worst") for way in WAYS},
+        **{f"mean_error_{way}": reduce(way, "mean") for way in WAYS},
+        **{f"bias_{way}": reduce(way, "bias") for way in WAYS},
     )
 
 
@@ -262,51 +348,162 @@ def error_table(high_bits: int = 8, bit_choices=(6, 4, 2), rounding: str = "half
     return [second_rounding_error_stats(high_bits, b, rounding, points_per_code) for b in bits]
 
 
-# ----------------------------------------------------------------------------------------------- text tables
+def stats_by_bits(values, scale_h: float, high_bits: int = 8, bit_choices=(8, 6, 4, 2),
+                  rounding: str = "half_even") -> list[SecondRoundingStats]:
+    """:func:`code_difference_stats` of the same ``values`` at each l in ``bit_choices`` (high to low).
+
+    With the values and scale given to :func:`labkit.widgets.precision_explorer`, these are the numbers its
+    readout shows at each slider position.
+    """
+    bits = sorted({check_bits(b) for b in bit_choices}, reverse=True)
+    return [code_difference_stats(codes_three_ways(values, scale_h, high_bits, b, rounding)) for b in bits]
 
 
-def format_comparison_table(result: ThreeWayCodes, max_rows: int | None = None) -> str:
-    """A side-by-side text table: W, W/s_h, the stored code, then the l-bit code and Ŵ_l of each way.
+# ------------------------------------------------------------------------------------------- Markdown tables
 
-    Rows where Double Rounding differs from direct rounding are marked with ``*``.
+
+def markdown_table(header: list[str], rows: list[list], align: str | None = None) -> str:
+    """A Markdown table; ``align`` is one letter per column, ``l`` or ``r`` (default: first left, others right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or any(len(row) != len(header) for row in rows):
+        raise ValueError("every row and the alignment need one entry per header column.")
+    rule = ["---:" if a == "r" else ":---" for a in align]
+
+    def line(cells) -> str:
+        return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+    return "\n".join([line(header), "| " + " | ".join(rule) + " |", *(line(row) for row in rows)])
+
+
+def _cell(value) -> str:
+    """A table cell: ``|`` escaped; whole numbers (codes) with a real minus sign, like :func:`_number`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value).replace("-", "−")
+    return str(value).replace("|", "\\|")
+
+
+def _number(x: float, digits: int = 3, signed: bool = False) -> str:
+    """``x`` with ``digits`` decimals and a real minus sign; a value that rounds to zero shows as 0 (never −0)."""
+    text = f"{x:.{digits}f}"
+    if float(text) == 0:
+        return f"{0:.{digits}f}"
+    if signed and x > 0:
+        text = "+" + text
+    return text.replace("-", "−")
+
+
+def _bits(high_bits: int, low_bits: int) -> str:
+    return f"{high_bits} → {low_bits}"
+
+
+def _share(count: int, total: int, digits: int) -> str:
+    return f"{count} of {total} ({count / total:.{digits}%})"
+
+
+def changed_codes_table(stats: list[SecondRoundingStats], counts: bool = False, digits: int = 2) -> str:
+    """Markdown: per target bit-width, the share of inputs whose Double Rounding / truncated code differs from direct.
+
+    ``counts=True`` writes "n of N (p %)" as the explorer's readout does (there with ``digits=1``).
+    """
+    header = ["h → l", "tie rule", "Double Rounding ≠ direct", "truncation ≠ direct", "largest code difference"]
+    rows = []
+    for s in stats:
+        if counts:
+            double, floor = (_share(s.codes_double_differs, s.inputs, digits),
+                             _share(s.codes_floor_differs, s.inputs, digits))
+        else:
+            double, floor = f"{s.fraction_double_differs:.{digits}%}", f"{s.fraction_floor_differs:.{digits}%}"
+        rows.append([_bits(s.high_bits, s.low_bits), TIE_RULE_NAMES[s.rounding], double, floor,
+                     s.max_code_difference])
+    return markdown_table(header, rows, "llrrr")
+
+
+def rounding_errors_table(stats: list[SecondRoundingStats], ways=WAYS) -> str:
+    """Markdown: per target bit-width and way, the error ``(Ŵ_l − W) / s_l``: bias (mean), mean |error|, worst |error|.
+
+    The Double Rounding row also gives the analytic bound ``0.5 + 2^−(Δ+1)`` on its worst case.
+    """
+    header = ["h → l", "way", "bias (mean error)", "mean |error|", "worst |error|"]
+    rows = []
+    for s in stats:
+        for i, way in enumerate(ways):
+            worst = _number(getattr(s, f"worst_error_{way}"))
+            if way == "double":
+                worst += f" (bound {_number(s.worst_case_bound)})"
+            rows.append([_bits(s.high_bits, s.low_bits) if i == 0 else "", WAY_LABELS[way],
+                         _number(getattr(s, f"bias_{way}"), signed=True),
+                         _number(getattr(s, f"mean_error_{way}")), worst])
+    return markdown_table(header, rows, "llrrr")
+
+
+def comparison_table(result: ThreeWayCodes, max_rows: int | None = None) -> str:
+    """Markdown, one row per input: W, W/s_h, the stored code, W/s_l, the three l-bit codes and Ŵ_l of the four ways.
+
+    The last column marks with ``≠`` the rows where Double Rounding's code differs from direct rounding's.
     """
     h, l, d = result.high_bits, result.low_bits, result.delta
-    header = (f"{'W':>9} {'W/s_h':>8} {'q_' + str(h):>5} {'W/s_l':>8} | {'direct':>6} {'double':>6} {'floor':>5} | "
-              f"{'Ŵ direct':>9} {'Ŵ double':>9} {'Ŵ floor':>9}")
-    lines = [f"INT{h} -> INT{l} (Δ = {d}, s_h = {result.scale_h:g}, s_l = s_h·2^{d} = {result.scale_l:g}, "
-             f"tie rule {result.rounding})", header, "-" * len(header)]
+    caption = (f"**INT{h} → INT{l}** (Δ = {d}, s_h = {result.scale_h:g}, s_l = s_h·2^{d} = {result.scale_l:g}, "
+               f"{TIE_RULE_NAMES[result.rounding]}; truncation centre c_Δ = {result.floor_centre:g})")
+    header = ["W", "W/s_h", f"q_{h}", "W/s_l", "direct code", "Double Rounding code", "truncated code",
+              "Ŵ direct", "Ŵ Double Rounding", "Ŵ trunc. bottom", "Ŵ trunc. centre", "DR ≠ direct"]
     values = result.values.reshape(-1)
-    rows = values.numel() if max_rows is None else min(max_rows, values.numel())
-    for i in range(rows):
+    rows_shown = values.numel() if max_rows is None else min(max_rows, values.numel())
+    codes = {name: getattr(result, f"{name}_codes").reshape(-1) for name in ("high", "direct", "double", "floor")}
+    dequantized = {way: result.values_of(way).reshape(-1) for way in WAYS}
+    rows = []
+    for i in range(rows_shown):
         w = float(values[i])
-        direct, double, floor = (int(c.reshape(-1)[i]) for c in
-                                 (result.direct_codes, result.double_codes, result.floor_codes))
-        mark = " *" if double != direct else ""
-        lines.append(
-            f"{w:>9.4f} {w / result.scale_h:>8.3f} {int(result.high_codes.reshape(-1)[i]):>5} "
-            f"{w / result.scale_l:>8.3f} | {direct:>6} {double:>6} {floor:>5} | "
-            f"{direct * result.scale_l:>9.4f} {double * result.scale_l:>9.4f} {floor * result.scale_l:>9.4f}{mark}"
-        )
-    if rows < values.numel():
-        lines.append(f"... {values.numel() - rows} more rows")
-    return "\n".join(lines)
+        direct, double = int(codes["direct"][i]), int(codes["double"][i])
+        rows.append([_number(w, 4), _number(w / result.scale_h), int(codes["high"][i]), _number(w / result.scale_l),
+                     direct, double, int(codes["floor"][i]),
+                     *(_number(float(dequantized[way][i]), 4) for way in WAYS), "≠" if double != direct else ""])
+    table = markdown_table(header, rows, "r" * (len(header) - 1) + "l")
+    more = f"\n\n… {values.numel() - rows_shown} more rows" if rows_shown < values.numel() else ""
+    return f"{caption}\n\n{table}{more}"
 
 
-def format_stats_table(stats: list[SecondRoundingStats]) -> str:
-    """A text table of :class:`SecondRoundingStats` rows: share of codes changed and worst/mean errors in LSB."""
-    header = (f"{'h->l':>6} {'tie rule':>9} | {'double≠direct':>13} {'floor≠direct':>12} | "
-              f"{'worst direct':>12} {'worst double':>12} {'bound':>7} {'worst floor':>11} | "
-              f"{'mean direct':>11} {'mean double':>11} {'mean floor':>10}")
-    lines = [header, "-" * len(header)]
-    for s in stats:
-        lines.append(
-            f"{str(s.high_bits) + '->' + str(s.low_bits):>6} {s.rounding:>9} | "
-            f"{s.fraction_double_differs:>13.2%} {s.fraction_floor_differs:>12.2%} | "
-            f"{s.worst_error_direct:>12.4f} {s.worst_error_double:>12.4f} {s.worst_case_bound:>7.4f} "
-            f"{s.worst_error_floor:>11.4f} | {s.mean_error_direct:>11.4f} {s.mean_error_double:>11.4f} "
-            f"{s.mean_error_floor:>10.4f}"
-        )
-    return "\n".join(lines)
+def scalar_rounding_table(values, scale_h: float, high_bits: int = 8, bit_choices=(6, 4, 2)) -> str:
+    """Markdown, one row per value and target bit-width: the stored code, the second rounding under both tie rules,
+    the truncated code and the direct rounding, worked out as by hand (Eq. 1–2)."""
+    header = ["W", "W/s_h", f"stored q_{high_bits}", "l", f"q_{high_bits} / 2^Δ", "Double Rounding, ties to even",
+              "Double Rounding, ties up", "truncated q_h >> Δ", "W/s_l", "direct rounding"]
+    rows = []
+    for w in _as_float(values).reshape(-1).tolist():
+        for bits in sorted({check_bits(b) for b in bit_choices}, reverse=True):
+            even = codes_three_ways(torch.tensor([w]), scale_h, high_bits, bits, "half_even")
+            up = codes_three_ways(torch.tensor([w]), scale_h, high_bits, bits, "half_up")
+            q_h = int(even.high_codes)
+            rows.append([_number(w, 4), _number(w / scale_h), q_h, bits,
+                         f"{_cell(q_h)}/{2 ** even.delta} = {q_h / 2 ** even.delta:g}".replace("-", "−"),
+                         int(even.double_codes), int(up.double_codes), int(even.floor_codes),
+                         _number(w / even.scale_l, 4), int(even.direct_codes)])
+    return markdown_table(header, rows, "r" * len(header))
+
+
+def tie_rules_table(codes, high_bits: int = 8, low_bits: int = 2) -> str:
+    """Markdown: stored codes (columns) through the second rounding under each tie rule and under floor."""
+    codes = torch.as_tensor(codes)
+    delta = check_bits(high_bits, name="high_bits") - check_bits(low_bits, name="low_bits")
+    header = [f"q_{high_bits}", *(int(q) for q in codes)]
+    rows = [[f"q_{high_bits} / 2^{delta}", *(f"{int(q) / 2 ** delta:g}".replace("-", "−") for q in codes)]]
+    for rule in ("half_even", "half_up", "floor"):
+        rows.append([TIE_RULE_NAMES[rule], *(int(c) for c in double_round(codes, high_bits, low_bits, rule))])
+    return markdown_table(header, rows)
+
+
+def tie_rule_disagreement_table(high_bits: int = 8, bit_choices=(6, 4, 2)) -> str:
+    """Markdown: of all 2^h stored codes, how many get a different l-bit code under the two tie rules, and under floor."""
+    high_bits = check_bits(high_bits, name="high_bits")
+    qmin, qmax = int_range(high_bits)
+    every_code = torch.arange(qmin, qmax + 1).to(code_dtype(high_bits))
+    total = every_code.numel()
+    header = ["h → l", "ties to even ≠ ties up", "floor ≠ ties to even"]
+    rows = []
+    for bits in sorted({check_bits(b) for b in bit_choices}, reverse=True):
+        even, up, floor = (double_round(every_code, high_bits, bits, rule) for rule in ("half_even", "half_up", "floor"))
+        rows.append([_bits(high_bits, bits), f"{int((even != up).sum())} of {total}",
+                     f"{int((floor != even).sum())} of {total}"])
+    return markdown_table(header, rows)
 
 
 # ------------------------------------------------------------------------------------------------- exercise
@@ -410,3 +607,53 @@ def check_second_rounding_exercise(student_function, high_bits: int = 8, low_bit
     bit_list = ", ".join(str(b) for b in sorted(set(low_bits), reverse=True))
     return ExerciseFeedback(True, f"Correct: all {all_codes.numel()} INT{high_bits} codes match "
                                   f"labkit's double_round at {bit_list} bits ({rule} ties).")
+
+
+def check_truncation_centre_exercise(student_function,
+                                     bit_sets=((8, (6, 4, 2, 7, 5, 3, 8)), (4, (3, 2, 4)))) -> ExerciseFeedback:
+    """Grade ``student_function(high_bits, low_bits) -> c`` against :func:`truncation_centre` (in l-bit steps).
+
+    ``c`` places the truncated code ``q_l = q_h >> Δ`` at the centre of the INT-h cells it stands for,
+    ``Ŵ_l = (q_l + c) · s_l`` (``method="floor"``). The feedback recognises the usual slips: the bottom of the
+    cells (0, the naive truncation), the centre in INT-h steps instead of l-bit steps, and forgetting that the
+    first INT-h cell starts half an INT-h step below ``q_l · 2^Δ`` (1/2). The cases run in the order given, so
+    the first failing one tells these slips apart (Δ = 2 first: at Δ = 1 two of them give the same number).
+    """
+    for high_bits, lows in bit_sets:
+        for low_bits in lows:
+            expected = truncation_centre(high_bits, low_bits)
+            case = f"high_bits={high_bits}, low_bits={low_bits}"
+            try:
+                answer = student_function(high_bits, low_bits)
+            except NotImplementedError:
+                return ExerciseFeedback(False, "Not implemented yet: replace `raise NotImplementedError()` with the "
+                                               "offset c (in l-bit steps) of the centre of a truncated code's cells.")
+            except Exception as error:  # the student's code may fail in any way; report it instead of crashing
+                return ExerciseFeedback(False, f"Your function raised {type(error).__name__}: {error} ({case}).",
+                                        case=case)
+            try:
+                value = float(answer)
+            except (TypeError, ValueError):
+                return ExerciseFeedback(False, f"At {case} your function returned {answer!r}; return one number, "
+                                               f"the offset c in l-bit steps.", case=case)
+            if abs(value - expected) <= 1e-9:
+                continue
+            delta = high_bits - low_bits
+            if delta == 0:
+                hint = "With Δ = 0 nothing is truncated: the stored code is used as it is, so c = 0."
+            elif abs(value) <= 1e-9:
+                hint = ("0 dequantizes at the bottom of the cells: that is the naive truncation, biased by almost "
+                        "half a step. Which W/s_h does the truncated code stand for, on average?")
+            elif abs(value - (2 ** delta - 1) / 2) <= 1e-9:
+                hint = f"That is the centre in INT-{high_bits} steps; divide by 2^Δ = {2 ** delta} for l-bit steps."
+            elif abs(value - 0.5) <= 1e-9:
+                hint = (f"1/2 would be right if the cells started exactly at q_l·2^Δ; the first stored code's cell "
+                        f"starts half an INT-{high_bits} step lower (W/s_h ≥ q_h − 1/2).")
+            else:
+                hint = (f"Code q_l stands for the stored codes q_l·2^Δ … q_l·2^Δ + 2^Δ − 1 (Δ = {delta}); take their "
+                        f"mean, subtract q_l·2^Δ and divide by 2^Δ.")
+            return ExerciseFeedback(False, f"At {case} your function returned {value:g}; expected {expected:g}. "
+                                           f"{hint}", case=case, expected=expected, got=value)
+    cases = sum(len(lows) for _, lows in bit_sets)
+    return ExerciseFeedback(True, f"Correct: your offset matches labkit's truncation_centre in all {cases} cases "
+                                  f"(the same c_Δ that method=\"floor\" uses).")

@@ -11,14 +11,17 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from labkit.rounding_study import SecondRoundingStats, ThreeWayCodes
+from labkit.rounding_study import WAYS, SecondRoundingStats, ThreeWayCodes
 
 # One colour per way of getting l-bit codes, shared by every figure of notebook 01.
-WAY_COLORS = {"direct": "#1f77b4", "double": "#d62728", "floor": "#7f7f7f", "bound": "#2ca02c"}
+WAY_COLORS = {"direct": "#1f77b4", "double": "#d62728", "floor": "#7f7f7f", "bound": "#2ca02c",
+              "floor_naive": "#7f7f7f", "floor_centred": "#9467bd"}
 WAY_NAMES = {
     "direct": "direct rounding of W/s_l",
     "double": "Double Rounding (from INT-h)",
     "floor": "floor / truncation (from INT-h)",
+    "floor_naive": "truncation, dequantized at the cell bottom (naive)",
+    "floor_centred": "truncation, dequantized at the cell centre (fair)",
 }
 
 
@@ -121,6 +124,62 @@ def error_summary_figure(stats: list[SecondRoundingStats], title: str | None = N
     )
     figure.update_yaxes(tickformat=".0%", row=1, col=1)
     figure.update_yaxes(rangemode="tozero", row=1, col=2)
+    return figure
+
+
+def rounding_errors_figure(stats: list[SecondRoundingStats], title: str | None = None) -> go.Figure:
+    """Three panels against the target bit-width, one bar per way (:data:`labkit.rounding_study.WAYS`): the bias
+    (mean of ``(Ŵ_l − W) / s_l``), the mean |error| and the worst |error|, with Double Rounding's bound dashed."""
+    stats = sorted(stats, key=lambda s: s.low_bits, reverse=True)
+    bits = [f"{s.high_bits}→{s.low_bits}" for s in stats]
+    panels = (("bias", "bias: mean error"), ("mean_error", "mean |error|"), ("worst_error", "worst |error|"))
+    figure = make_subplots(rows=1, cols=3, subplot_titles=[name for _, name in panels], horizontal_spacing=0.08)
+    for col, (key, _) in enumerate(panels, start=1):
+        for way in WAYS:
+            figure.add_trace(go.Bar(
+                x=bits, y=[getattr(s, f"{key}_{way}") for s in stats], name=WAY_NAMES[way],
+                marker_color=WAY_COLORS[way], legendgroup=way, showlegend=col == 1,
+            ), row=1, col=col)
+        figure.update_yaxes(title_text="error (l-bit LSB)" if col == 1 else None, row=1, col=col)
+        figure.update_xaxes(title_text="target bit-width h→l", row=1, col=col)
+    figure.add_trace(go.Scatter(
+        x=bits, y=[s.worst_case_bound for s in stats], name="Double Rounding bound 0.5 + 2^-(Δ+1)",
+        mode="markers", marker=dict(color=WAY_COLORS["bound"], symbol="line-ew-open", size=28, line_width=3),
+    ), row=1, col=3)
+    rule = stats[0].rounding.replace("_", "-") if stats else ""
+    figure.update_layout(
+        title=title or f"Error of each way, uniformly spread inputs (ties {rule})",
+        barmode="group", template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
+        margin=dict(b=140),
+    )
+    return figure
+
+
+def signed_error_figure(result: ThreeWayCodes, ways=("double", "floor_naive", "floor_centred"),
+                        title: str | None = None) -> go.Figure:
+    """One row per way: the signed error ``(Ŵ_l − W) / s_l`` against the input W, its mean (the bias) dashed.
+
+    The naive truncation's sawtooth sits below zero (bias ≈ −1/2 LSB); centred, it straddles zero like rounding.
+    """
+    values = result.values.reshape(-1).to("cpu", torch.float64)
+    order = values.argsort()
+    x = values[order]
+    figure = make_subplots(rows=len(ways), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                           subplot_titles=[WAY_NAMES[way] for way in ways])
+    for row, way in enumerate(ways, start=1):
+        error = ((result.values_of(way).reshape(-1).to("cpu", torch.float64)[order] - x) / result.scale_l)
+        figure.add_trace(go.Scatter(x=x.tolist(), y=error.tolist(), name=WAY_NAMES[way], mode="lines",
+                                    line=dict(color=WAY_COLORS[way], width=1.5), showlegend=False), row=row, col=1)
+        mean = float(error.mean())
+        figure.add_hline(y=mean, line=dict(color=WAY_COLORS[way], dash="dash"), row=row, col=1,
+                         annotation_text=f"mean {mean:+.3f}", annotation_position="top right")
+        figure.update_yaxes(title_text="error (LSB)", range=[-1.1, 1.1], zeroline=True, row=row, col=1)
+    figure.update_xaxes(title_text="input W", row=len(ways), col=1)
+    figure.update_layout(
+        title=title or (f"INT{result.high_bits} → INT{result.low_bits}: signed error (Ŵ_l − W) / s_l "
+                        f"against W (Δ = {result.delta})"),
+        template="plotly_white", height=220 * len(ways) + 120,
+    )
     return figure
 
 

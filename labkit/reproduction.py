@@ -98,6 +98,10 @@ ROWS: tuple[Row, ...] = (
         "Any-Precision style (DoReFa weights from FP32 masters)", setup=2,
         changed="ALRS's η_b slowed its per-bit activation scales; the baselines now train every scale at λ "
                 "(issue 10 item 2)"),
+    # Issue 14 item 3: the nested-integer peer. MatQuant trains one step per batch on the summed multi-bit loss
+    # Σ_r λ_r·L_r with λ_r = 1 (Nair et al. 2025) — that is Alg. A.1's summed backward — with every scale at λ.
+    Row("8642-matquant", "cifar10-resnet20", {"method": "matquant", "algorithm": "a1"}, "nested",
+        "MatQuant-style slicing of unsigned min-max INT8 (summed multi-bit loss, one step)"),
     *(Row(f"lsq-{b}", "cifar10-resnet20", {"method": "lsq", "bits": (b,)}, "dedicated",
           f"dedicated single-precision LSQ, {b}-bit", setup=2, changed=_UNFAIR_LSQ) for b in (8, 6, 4, 2)),
     # What the paper leaves open (METHOD.md §4-5): the ALRS variants and the KD rows.

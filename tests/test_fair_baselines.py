@@ -32,6 +32,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, params=["fused", "recompute"])
+def fake_quant_path(request):
+    """Every reference test runs on the default fused fake-quant path and on the recompute path (issue 11)."""
+    from labkit.quant.lsq import use_fake_quant_path
+
+    use_fake_quant_path(request.param)
+    yield request.param
+    use_fake_quant_path("fused")
+
+
 def with_scale(quantizer, scale):
     with torch.no_grad():
         quantizer.scale.copy_(scale)

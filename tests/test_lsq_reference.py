@@ -16,6 +16,16 @@ import torch
 
 from labkit.quant import ActivationQuantizer, DoubleRoundingWeightQuantizer, LsqWeightQuantizer
 
+@pytest.fixture(autouse=True, params=["fused", "recompute"])
+def fake_quant_path(request):
+    """Every reference test runs on the default fused fake-quant path and on the recompute path (issue 11)."""
+    from labkit.quant.lsq import use_fake_quant_path
+
+    use_fake_quant_path(request.param)
+    yield request.param
+    use_fake_quant_path("fused")
+
+
 CONV_SHAPE = (12, 5, 3, 3)
 LINEAR_SHAPE = (10, 37)
 

@@ -22,8 +22,10 @@ gradient summed over the whole tensor, so per-channel scales move in lock-step.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 
 import torch
 
@@ -101,15 +103,137 @@ def _reference_backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int,
     return grad_x, per_element.sum().expand(scale.shape) * grad_factor
 
 
-_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
+def code_bounds(qmin: int, qmax: int, shift: int, rounding: str) -> tuple[float, float]:
+    """``[lo, hi]``: the first roundings ``round(x / s)`` whose l-bit code is neither clipped nor saturated at INT-h.
+
+    ``lo = qmin · 2^Δ`` (the INT-h bound: below it the stored code is saturated, :func:`stored_code_saturated`);
+    ``hi`` is the largest integer whose second rounding is still ``≤ qmax`` (for half-even and half-up
+    ``(qmax + 1/2) · 2^Δ − 1``, for floor the INT-h bound ``(qmax + 1) · 2^Δ − 1``; ``qmax`` at Δ = 0). So the
+    l-bit code is ``second_round(clip(round(x / s), lo, hi))`` with no clip after it, and the element is inside
+    the clipped straight-through estimator exactly when ``round(x / s)`` lies in ``[lo, hi]``.
+    """
+    return _code_bounds(int(qmin), int(qmax), int(shift), rounding)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_bounds(qmin: int, qmax: int, shift: int, rounding: str) -> tuple[float, float]:
+    step = 1 << shift
+    candidates = torch.arange(qmax * step, (qmax + 1) * step + 1, dtype=torch.float64)
+    kept = candidates[shift_round_float(candidates, shift, rounding) <= qmax]
+    return float(qmin * step), float(kept.max())
+
+
+def _second_round_(codes: torch.Tensor, shift: int, rounding: str) -> torch.Tensor:
+    """:func:`shift_round_float` in place on the kernel's own intermediate (the same operations, so the same bits)."""
+    if shift:
+        codes.mul_(2.0 ** -shift)
+        if rounding == "half_even":
+            codes.round_()
+        elif rounding == "half_up":
+            codes.add_(0.5).floor_()
+        else:
+            codes.floor_()
+    return codes
+
+
+def _dequantize_into(values: torch.Tensor, step: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values · step`` in the precision of ``values``, stored in ``dtype`` (one pass, no separate cast)."""
+    if dtype == values.dtype:
+        return values.mul_(step)
+    return torch.mul(values, step, out=torch.empty_like(values, dtype=dtype))
+
+
+def _fused_forward(x, scale, qmin: int, qmax: int, shift: int, rounding: str, offset: float, residual: bool):
+    """The fake-quantized ``x`` and, with ``residual``, what the backward needs, computed together.
+
+    Codes: ``c = round(x / s)``, ``q = second_round(clip(c, lo, hi))`` (:func:`code_bounds`: the same codes as
+    clipping after the second rounding). With ``residual`` it also returns ``r = (q + o) · 2^Δ − v`` where inside
+    and ``(q + o) · 2^Δ`` where clipped (``v = x / s``: the per-element LSQ scale gradient before the upstream
+    gradient) and the bool mask ``inside``. Masks are built with float arithmetic (an in-place ``eq_``, a
+    multiply by 0/1): ATen's bool-producing and bool-consuming kernels are several times slower on the CPU.
+    ``v`` is clipped to ``[lo − 1, hi + 1]`` first, which changes no element that is inside and keeps
+    ``v · 0`` finite for infinite inputs. Every value equals the recompute path's bit for bit.
+    """
+    lo, hi = code_bounds(qmin, qmax, shift, rounding)
+    inverse = scale.reciprocal()
+    if inverse.dim() == 0 and x.dtype != inverse.dtype:
+        inverse = inverse.reshape(1)  # a 0-dim scale would not promote a bf16 x: x / s is computed in fp32
+    if not residual:
+        codes = _second_round_(torch.mul(x, inverse).round_().clamp_(lo, hi), shift, rounding)
+        if offset:
+            codes.add_(offset)
+        return _dequantize_into(codes, scale * (2.0 ** shift), x.dtype)
+    v = torch.mul(x, inverse).clamp_(lo - 1.0, hi + 1.0)
+    first = torch.round(v)
+    codes = first.clamp(lo, hi)
+    keep = first.eq_(codes)  # 1.0 where round(x / s) is in [lo, hi], else 0.0
+    _second_round_(codes, shift, rounding)
+    if offset:
+        codes.add_(offset)
+    if shift:
+        codes.mul_(2.0 ** shift)  # (q + o) · 2^Δ, exact
+    out = torch.mul(codes, scale, out=torch.empty_like(codes, dtype=x.dtype))
+    residual_values = torch.addcmul(codes, v, keep, value=-1.0, out=v)  # (q + o) · 2^Δ − v · [inside]
+    return out, residual_values, keep.bool()
+
+
+class _FusedFakeQuantize(torch.autograd.Function):
+    """The default path: the forward also computes the scale-gradient residual and the mask, so the backward is
+    two elementwise passes and the reduction. Saves ``r`` (float) and the mask (bool) beside ``x`` and the scale.
+    A double backward (``create_graph=True``) recomputes through :func:`_backward_kernel`, as the recompute path."""
+
+    @staticmethod
+    def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, offset):
+        out, residual_values, inside = _fused_forward(x, scale, qmin, qmax, shift, rounding, offset, True)
+        ctx.save_for_backward(x, scale, residual_values, inside)
+        ctx.settings = (qmin, qmax, shift, rounding, grad_factor, offset)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, scale, residual_values, inside = ctx.saved_tensors
+        grad_factor = ctx.settings[4]
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward, the recompute path's
+            low = x.dtype != scale.dtype
+            grad_x, grad_scale = _backward_kernel(grad_out.to(scale.dtype) if low else grad_out,
+                                                  x.to(scale.dtype) if low else x, scale, *ctx.settings)
+            return (grad_x.to(x.dtype) if low else grad_x), grad_scale, None, None, None, None, None, None
+        grad_x = torch.where(inside, grad_out, 0.0) if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = torch.mul(residual_values, grad_out).sum_to_size(scale.shape) * grad_factor
+        return grad_x, grad_scale, None, None, None, None, None, None
+
+
+PATHS = ("fused", "recompute", "compiled")
+"""Fake-quant paths: ``"fused"`` (default, eager), ``"recompute"`` (eager, the backward recomputes the codes from
+``x``; the previous default), ``"compiled"`` (the recompute kernels fused by ``torch.compile``, opt-in)."""
+
+_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel, "path": "fused"}
 _COMPILED: dict[str, object] = {}
+_COMPILE_FAILURE: dict[str, str | None] = {"error": None}
+
+
+def use_fake_quant_path(path: str) -> None:
+    """Choose how :func:`fake_quantize` runs (:data:`PATHS`); every path gives the same values bit for bit."""
+    if path not in PATHS:
+        raise ValueError(f"path={path!r} is unknown; use one of {list(PATHS)}.")
+    use_compile(path == "compiled")
+    _KERNELS["path"] = path
+
+
+def fake_quant_path() -> str:
+    """The path :func:`fake_quantize` runs on now (:data:`PATHS`)."""
+    return _KERNELS["path"]
 
 
 def use_compile(enabled: bool = True) -> None:
-    """Run the fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels.
+    """Run the fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels (opt-in).
 
     Compiling costs seconds on first use per shape and bit-width, then runs the op in one fused loop;
-    ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit.
+    ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit (the
+    reduction of the scale gradient stays eager). Where no compiler works, the first call says so in one
+    warning line and the eager fused path takes over. ``use_compile(False)`` returns to the fused eager default.
     """
     from labkit.quant.rounding import use_fused_double_round
 
@@ -117,30 +241,86 @@ def use_compile(enabled: bool = True) -> None:
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     if enabled and not _COMPILED:
         _COMPILED.update({name: torch.compile(kernel, dynamic=False) for name, kernel in
-                          (("forward", _forward_kernel), ("backward", _backward_kernel))})
-    _KERNELS.update(_COMPILED if enabled else {"forward": _forward_kernel, "backward": _backward_kernel})
+                          (("forward", _forward_kernel), ("backward", _elementwise_backward_kernel))})
+    if enabled:
+        _KERNELS.update(forward=_COMPILED["forward"], backward=_compiled_backward, path="compiled")
+    else:
+        _KERNELS.update(forward=_forward_kernel, backward=_backward_kernel, path="fused")
 
 
 def compile_enabled() -> bool:
-    return _KERNELS["forward"] is not _forward_kernel
+    return _KERNELS["path"] == "compiled"
+
+
+def compile_error() -> str | None:
+    """Why the compiled path fell back to eager (the compiler's error, one line), or None."""
+    return _COMPILE_FAILURE["error"]
+
+
+def _elementwise_backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding: str, offset: float):
+    """:func:`_backward_kernel` up to the reduction: (grad_x, per-element scale gradient), for ``torch.compile``."""
+    v = x * scale.reciprocal()
+    first = torch.round(v)
+    unclipped = shift_round_float(first, shift, rounding)
+    codes = unclipped.clamp(qmin, qmax)
+    outside = unclipped != codes
+    if shift:
+        outside = outside | stored_code_saturated(first, qmin, qmax, shift)
+    codes = codes + offset if offset else codes
+    return grad.masked_fill(outside, 0.0), (codes * (2.0 ** shift) - v.masked_fill(outside, 0.0)) * grad
+
+
+def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
+    grad_x, per_element = _COMPILED["backward"](grad, x, scale, qmin, qmax, shift, rounding, offset)
+    return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
+
+
+def _compile_failed(error: Exception) -> None:
+    """Say once, in one line, that the compiled kernels do not run here; continue on the eager fused path."""
+    message = str(error).strip().splitlines()
+    _COMPILE_FAILURE["error"] = f"{type(error).__name__}: {message[0] if message else ''}"[:300]
+    use_compile(False)
+    warnings.warn(f"labkit.quant: torch.compile is unavailable here ({_COMPILE_FAILURE['error']}); fake-quant runs "
+                  "on the eager fused path (same results).", RuntimeWarning, stacklevel=3)
+
+
+def _run(kernel: str, *args):
+    """Call the installed forward/backward kernel; a compiled one that fails falls back to eager for good."""
+    function = _KERNELS[kernel]
+    if _KERNELS["path"] != "compiled":
+        return function(*args)
+    try:
+        return function(*args)
+    except Exception as error:  # no working compiler (no C++ toolchain, unsupported platform, ...)
+        _compile_failed(error)
+        return (_forward_kernel if kernel == "forward" else _backward_kernel)(*args)
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """Saves only ``x`` and the scale; the backward recomputes the codes (less memory than saving masks)."""
+    """The recompute path: saves only ``x`` and the scale; the backward recomputes the codes (less memory)."""
 
     @staticmethod
     def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset):
         ctx.save_for_backward(x, scale)
         ctx.settings = (qmin, qmax, shift, rounding, grad_factor, offset)
         ctx.grad_mode = grad_mode
-        return _KERNELS["forward"](x, scale, qmin, qmax, shift, rounding, offset)
+        return _run("forward", x, scale, qmin, qmax, shift, rounding, offset)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, scale = ctx.saved_tensors
-        kernel = _reference_backward_kernel if ctx.grad_mode == "reference" else _KERNELS["backward"]
-        grad_x, grad_scale = kernel(grad_out, x, scale, *ctx.settings)
+        if ctx.grad_mode == "reference":
+            grad_x, grad_scale = _reference_backward_kernel(grad_out, x, scale, *ctx.settings)
+        else:
+            grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings)
         return grad_x, grad_scale, None, None, None, None, None, None, None
+
+
+def _fused_dtypes(x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """The fused path computes in the scale's precision: fp32 (x in fp32/bf16/fp16) or fp64 (x in fp64)."""
+    if scale.dtype == torch.float32:
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.dim() > 0
+    return scale.dtype == torch.float64 and x.dtype == torch.float64
 
 
 def fake_quantize(
@@ -160,11 +340,16 @@ def fake_quantize(
     ``shift`` = Δ drops that many bits by the second rounding of Double Rounding, with tie rule
     ``rounding``; ``qmin``/``qmax`` are the bounds of the *final* code. ``offset`` (in units of the final
     code) is added to the code before dequantizing, ``x̂ = (q + offset) · s · 2^Δ``: 0 for Double Rounding,
-    the cell centre for the centred truncation baseline. See the module docstring.
+    the cell centre for the centred truncation baseline. See the module docstring. Under autocast (a bf16 or
+    fp16 ``x``) the quantization is computed in the scale's fp32 and the result returned in ``x``'s dtype.
     """
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode={grad_mode!r} is unknown; use one of {list(GRAD_MODES)}.")
     offset = float(offset)
+    if _KERNELS["path"] == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)
+        return _fused_forward(x, scale, qmin, qmax, shift, rounding, offset, False)
     if x.dtype in (torch.bfloat16, torch.float16):  # under autocast: quantize in fp32 (bf16 cannot hold v exactly)
         return _FakeQuantize.apply(x.float(), scale.float(), qmin, qmax, shift, rounding, grad_factor, grad_mode,
                                    offset).to(x.dtype)

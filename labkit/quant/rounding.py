@@ -12,6 +12,8 @@ a float round trip. Three tie rules are offered, because ``q_h / 2^Δ`` lands on
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from labkit.quant.ranges import check_bits, int_range
@@ -72,7 +74,18 @@ def double_round(q: torch.Tensor, from_bits: int, to_bits: int, rounding: str = 
             "round(W / s) and convert with .to(torch.int8)."
         )
     _, qmax = int_range(to_bits)
-    return _KERNEL["double_round"](q, from_bits - to_bits, rounding, qmax)
+    kernel = _KERNEL["double_round"]
+    if kernel is _shift_round_clip:
+        return kernel(q, from_bits - to_bits, rounding, qmax)
+    try:
+        return kernel(q, from_bits - to_bits, rounding, qmax)
+    except Exception as error:  # no working compiler: say so once, in one line, and stay eager
+        lines = str(error).strip().splitlines()
+        use_fused_double_round(False)
+        warnings.warn(f"labkit.quant: torch.compile is unavailable here ({type(error).__name__}: "
+                      f"{lines[0] if lines else ''}); double_round runs eagerly (same results).", RuntimeWarning,
+                      stacklevel=2)
+        return _shift_round_clip(q, from_bits - to_bits, rounding, qmax)
 
 
 def _shift_round_clip(q: torch.Tensor, shift: int, rounding: str, qmax: int) -> torch.Tensor:

@@ -1,0 +1,264 @@
+"""The fake-quant paths against each other, bit for bit (issue 11 item 1).
+
+``"fused"`` (the default: the forward also computes the scale-gradient residual and the mask) must give the
+same output and the same gradients, to the last bit (zero signs included), as ``"recompute"`` (the previous
+default, whose backward recomputes the codes from ``x``; it is what the reference tests in
+``test_lsq_reference.py`` and ``test_fair_baselines.py`` were written against, and they run on both paths) and as
+``"compiled"``. Inputs are built to hit every boundary: exact ties of the first rounding and of the second, codes
+at and beyond the INT-h and l-bit bounds, far outliers, zeros of both signs and infinities.
+"""
+import warnings
+
+import pytest
+import torch
+
+from labkit.quant import lsq, rounding
+from labkit.quant.lsq import code_bounds, fake_quant_path, fake_quantize, use_fake_quant_path
+from labkit.quant.rounding import ROUNDING_RULES, shift_round_float
+
+
+@pytest.fixture(autouse=True)
+def default_path_after():
+    yield
+    use_fake_quant_path("fused")
+
+
+def bits_of(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor (so -0.0 and +0.0 differ, and NaN payloads count)."""
+    return t.detach().contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64,
+                                          torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    same = bits_of(a) == bits_of(b)
+    assert bool(same.all()), f"{what}: {int((~same).sum())} of {same.numel()} elements differ, e.g. " \
+                             f"{a.flatten()[~same.flatten()][:4].tolist()} vs {b.flatten()[~same.flatten()][:4].tolist()}"
+
+
+def boundary_values(scale: torch.Tensor, shape, shift: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """``x`` on and around every rounding boundary of ``x / s``: whole and half multiples of 2^-j (exact ties of
+    both roundings), codes up to ±3·2^8 (far beyond INT-8), random values, ±0 and some infinities."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = torch.randint(-3 * 256 * 4, 3 * 256 * 4, shape, generator=gen).to(torch.float64) / 4  # k/4: .25 .5 .75
+    ties = torch.randint(-300, 300, shape, generator=gen).to(torch.float64) * 2.0 ** max(shift - 1, 0)
+    ties = ties + torch.randint(0, 2, shape, generator=gen) * 0.5
+    noise = torch.randn(shape, generator=gen, dtype=torch.float64) * 60
+    pick = torch.randint(0, 4, shape, generator=gen)
+    v = torch.where(pick == 0, steps, torch.where(pick == 1, ties, torch.where(pick == 2, noise, steps.round())))
+    x = (v * scale.double()).to(dtype)
+    flat = x.view(-1)
+    flat[::37] = 0.0
+    flat[1::37] = -0.0
+    flat[2::401] = float("inf")
+    flat[3::401] = float("-inf")
+    return x
+
+
+def run(path: str, x, scale, qmin, qmax, shift, rounding, offset, grad, grad_factor=0.0137):
+    use_fake_quant_path(path)
+    x = x.detach().clone().requires_grad_()
+    scale = scale.detach().clone().requires_grad_()
+    out = fake_quantize(x, scale, qmin, qmax, shift=shift, rounding=rounding, grad_factor=grad_factor, offset=offset)
+    grad_x, grad_scale = torch.autograd.grad(out, (x, scale), grad)
+    return out, grad_x, grad_scale
+
+
+def upstream_gradient(shape, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed + 7)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    flat = grad.view(-1)
+    flat[::11] = -0.0  # a -0.0 upstream gradient must come back as -0.0 where inside, +0.0 where clipped
+    flat[5::13] = 0.0
+    return grad
+
+
+def weight_cases():
+    for high, lows in ((8, (8, 6, 4, 2)), (4, (4, 3, 2))):
+        for low in lows:
+            shift = high - low
+            for rounding in ROUNDING_RULES:
+                offsets = [0.0] + ([0.5 - 2.0 ** -(shift + 1)] if rounding == "floor" and shift else [])
+                for offset in offsets:
+                    yield high, low, rounding, offset
+
+
+@pytest.mark.parametrize("high,low,rounding,offset", list(weight_cases()))
+@pytest.mark.parametrize("shape", [(24, 5, 3, 3), (20, 33)], ids=["conv", "linear"])
+def test_weight_fake_quant_fused_equals_recompute_bit_for_bit(high, low, rounding, offset, shape):
+    shift = high - low
+    qmin, qmax = -(1 << (low - 1)), (1 << (low - 1)) - 1
+    gen = torch.Generator().manual_seed(low * 31 + shift)
+    scale = (torch.rand(shape[0], generator=gen) * 0.01 + 0.001).view(-1, *([1] * (len(shape) - 1)))
+    x = boundary_values(scale, shape, shift, seed=low + 100 * shift)
+    grad = upstream_gradient(shape, low)
+    fused = run("fused", x, scale, qmin, qmax, shift, rounding, offset, grad)
+    recompute = run("recompute", x, scale, qmin, qmax, shift, rounding, offset, grad)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), fused, recompute):
+        assert_same_bits(a, b, f"{name} at {high}->{low} bits, {rounding}, offset {offset}")
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2])
+@pytest.mark.parametrize("signed", [False, True])
+def test_activation_fake_quant_fused_equals_recompute_bit_for_bit(bits, signed):
+    qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    shape = (6, 8, 10, 10)
+    scale = torch.tensor(0.0213)
+    x = boundary_values(scale, shape, 0, seed=bits)
+    if not signed:
+        x = torch.where(x > -1, x.abs(), x)  # mostly post-ReLU, some negatives and -0.0 left
+    grad = upstream_gradient(shape, bits)
+    fused = run("fused", x, scale, qmin, qmax, 0, "half_even", 0.0, grad)
+    recompute = run("recompute", x, scale, qmin, qmax, 0, "half_even", 0.0, grad)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), fused, recompute):
+        assert_same_bits(a, b, f"activation {name} at {bits} bits, signed={signed}")
+
+
+def test_paths_agree_on_nan_inputs():
+    """NaN in, NaN out at that element, zero weight gradient there, NaN scale gradient, on both paths."""
+    scale = torch.full((4, 1), 0.01)
+    x = torch.linspace(-2, 2, 4 * 9).view(4, 9)
+    x[1, 3] = float("nan")
+    grad = torch.ones_like(x)
+    fused = run("fused", x, scale, -8, 7, 4, "half_even", 0.0, grad)
+    recompute = run("recompute", x, scale, -8, 7, 4, "half_even", 0.0, grad)
+    for a, b in zip(fused, recompute):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+    assert fused[0][1, 3].isnan() and fused[1][1, 3] == 0 and fused[2][1].isnan() and not fused[2][0].isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_fused_path_in_float64_and_under_bf16_inputs(dtype):
+    """fp64 weights (the reference tests use them) and bf16 activations (autocast): same bits as recompute."""
+    shape = (16, 4, 3, 3)
+    scale = (torch.rand(16, generator=torch.Generator().manual_seed(3)) * 0.01 + 0.001).view(-1, 1, 1, 1)
+    scale = scale.double() if dtype == torch.float64 else scale
+    x = boundary_values(scale.float(), shape, 2, seed=5).to(dtype)
+    grad = upstream_gradient(shape, 5).to(dtype)
+    fused = run("fused", x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    recompute = run("recompute", x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    assert fused[0].dtype == dtype and fused[1].dtype == dtype and fused[2].dtype == scale.dtype
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), fused, recompute):
+        assert_same_bits(a, b, f"{name} with {dtype} input")
+
+
+def test_fused_path_channels_last_and_deterministic_algorithms():
+    """A channels_last activation and ``torch.use_deterministic_algorithms(True)``: the same bits on both paths.
+    (A channels_last tensor sums its scale gradient in another order than a contiguous one, on either path.)"""
+    shape = (4, 16, 6, 6)
+    scale = torch.tensor(0.017)
+    x = boundary_values(scale, shape, 0, seed=9).abs()
+    grad = upstream_gradient(shape, 9)
+    plain = run("recompute", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = run("fused", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), deterministic, plain):
+        assert_same_bits(a, b, f"deterministic {name}")
+    x_last, grad_last = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
+    fused = run("fused", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
+    recompute = run("recompute", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
+    assert fused[0].is_contiguous(memory_format=torch.channels_last)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), fused, recompute):
+        assert_same_bits(a, b, f"channels_last {name}")
+
+
+def test_forward_without_gradients_and_frozen_scale():
+    """Under no_grad the fused path only quantizes; with a frozen scale it still gives the weight gradient."""
+    shape = (8, 27)
+    scale = torch.full((8, 1), 0.004)
+    x = boundary_values(scale, shape, 4, seed=2)
+    grad = upstream_gradient(shape, 2)
+    use_fake_quant_path("recompute")
+    reference = fake_quantize(x, scale, -8, 7, shift=4)
+    use_fake_quant_path("fused")
+    with torch.no_grad():
+        assert_same_bits(fake_quantize(x.requires_grad_(), scale, -8, 7, shift=4), reference, "no_grad output")
+    weight = x.detach().clone().requires_grad_()
+    (grad_w,) = torch.autograd.grad(fake_quantize(weight, scale, -8, 7, shift=4), weight, grad)
+    assert_same_bits(grad_w, run("recompute", x, scale, -8, 7, 4, "half_even", 0.0, grad)[1], "frozen-scale grad_x")
+
+
+def test_double_backward_is_the_recompute_paths():
+    """``create_graph=True`` (Hutchinson's Hessian-vector products) gives the same second derivatives."""
+    def hessian_vector(path):
+        use_fake_quant_path(path)
+        gen = torch.Generator().manual_seed(4)
+        weight = (torch.randn(6, 10, generator=gen) * 0.1).requires_grad_()
+        scale = torch.full((6, 1), 0.02, requires_grad=True)
+        inputs = torch.randn(5, 10, generator=gen)
+        loss = torch.nn.functional.linear(inputs, fake_quantize(weight, scale, -8, 7, shift=4)).pow(2).sum()
+        (grad_w,) = torch.autograd.grad(loss, weight, create_graph=True)
+        probe = torch.randn(weight.shape, generator=gen)
+        (hv,) = torch.autograd.grad((grad_w * probe).sum(), weight)
+        return grad_w.detach(), hv
+
+    for a, b in zip(hessian_vector("fused"), hessian_vector("recompute")):
+        assert_same_bits(a, b, "double backward")
+
+
+def test_code_bounds_match_clipping_after_the_second_rounding():
+    """[lo, hi] of :func:`code_bounds` against brute force over every first-rounding code of a wide range."""
+    for high, low in ((8, 8), (8, 6), (8, 4), (8, 2), (4, 3), (4, 2)):
+        shift = high - low
+        qmin, qmax = -(1 << (low - 1)), (1 << (low - 1)) - 1
+        first = torch.arange(-3 * (1 << high), 3 * (1 << high), dtype=torch.float64)
+        saturated_low = first < qmin * (1 << shift)
+        for rounding in ROUNDING_RULES:
+            lo, hi = code_bounds(qmin, qmax, shift, rounding)
+            unclipped = shift_round_float(first, shift, rounding)
+            inside = (unclipped == unclipped.clamp(qmin, qmax)) & ~saturated_low & (first <= (qmax + 1) * (1 << shift) - 1)
+            assert torch.equal(inside, (first >= lo) & (first <= hi)), (high, low, rounding)
+            clipped_first = shift_round_float(first.clamp(lo, hi), shift, rounding)
+            assert torch.equal(clipped_first, unclipped.clamp(qmin, qmax)), (high, low, rounding)
+
+
+def test_unknown_path_is_rejected():
+    with pytest.raises(ValueError, match="fused"):
+        use_fake_quant_path("fast")
+
+
+def test_compiled_path_equals_fused_bit_for_bit():
+    """The opt-in ``torch.compile`` kernels (the recompute formulas, the reduction kept eager) give the same bits."""
+    shape = (8, 3, 3, 3)
+    scale = torch.full((8, 1, 1, 1), 0.006)
+    x = boundary_values(scale, shape, 4, seed=12)
+    grad = upstream_gradient(shape, 12)
+    for shift in (0, 4):
+        qmin, qmax = -(1 << (7 - shift)), (1 << (7 - shift)) - 1
+        fused = run("fused", x, scale, qmin, qmax, shift, "half_even", 0.0, grad)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a compile failure here would be a failure
+            compiled = run("compiled", x, scale, qmin, qmax, shift, "half_even", 0.0, grad)
+        assert fake_quant_path() == "compiled"
+        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+            assert_same_bits(a, b, f"compiled {name}, shift {shift}")
+
+
+def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch):
+    """Where ``torch.compile`` cannot build a kernel, the first call warns once, in one line, and the result is
+    the eager one; the path is the fused default from then on."""
+    def broken_compile(function, **options):
+        def fails(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(long traceback ...)")
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(lsq, "_COMPILED", {})
+    monkeypatch.setattr(rounding, "_KERNEL", {"double_round": rounding._shift_round_clip})
+    shape = (8, 12)
+    scale = torch.full((8, 1), 0.01)
+    x = boundary_values(scale, shape, 2, seed=1)
+    grad = upstream_gradient(shape, 1)
+    expected = run("fused", x, scale, -32, 31, 2, "half_up", 0.0, grad)
+    with pytest.warns(RuntimeWarning) as caught:
+        got = run("compiled", x, scale, -32, 31, 2, "half_up", 0.0, grad)
+    messages = [str(w.message) for w in caught if "torch.compile is unavailable" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0] and "No working C++ compiler" in messages[0]
+    assert fake_quant_path() == "fused" and "InvalidCxxCompiler" in lsq.compile_error()
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), got, expected):
+        assert_same_bits(a, b, f"fallback {name}")

@@ -12,9 +12,10 @@ of the trainer's running sums (correct / seen images per precision), the epoch r
 the sampler's own draws. Everything lives in plain lists (``steps``, ``losses``, ``batch_accuracy``,
 ``evaluations``, ``sampled_bits``) that the figures are drawn from, so a test checks them without a browser.
 
-The trainer has no per-step callback, so the view wraps, on the instance and only while :meth:`run` runs,
-``trainer.train_step`` (after each batch), ``trainer.write_log`` (after each epoch) and ``trainer.bit_sampler``
-(each draw); each wrapper calls the original and returns what it returns, and all three are put back afterwards.
+The view follows the trainer through its two hooks, ``trainer.on_step(trainer, losses)`` (after each batch) and
+``trainer.on_epoch(trainer, row)`` (after each epoch's history row), set only while :meth:`run` runs and put
+back afterwards (a hook the caller had set is still called, first). For SuperNet training it also wraps
+``trainer.bit_sampler`` (each draw), calling the original and returning what it returns, and puts it back.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ class LiveTraining:
     # ---------------------------------------------------------------- hooks into the trainer
     def on_step(self, losses: dict, before: dict, after: dict) -> None:
         """After one batch: ``losses`` as ``train_step`` returned them, the trainer's running sums before/after."""
-        step = self.trainer.global_step + 1  # fit() counts the step right after train_step returns
+        step = self.trainer.global_step  # the trainer's on_step hook runs right after it counted the step
         self.steps.append(step)
         for b in self.precisions:
             key = str(b)
@@ -179,36 +180,30 @@ class LiveTraining:
 
     def _attach(self) -> dict:
         trainer = self.trainer
-        saved = {"train_step": trainer.__dict__.get("train_step"), "write_log": trainer.__dict__.get("write_log"),
-                 "show_progress": trainer.show_progress}
-        train_step, write_log = trainer.train_step, trainer.write_log
-        epochs_seen = [len(trainer.history)]
+        saved = {"on_step": trainer.on_step, "on_epoch": trainer.on_epoch, "show_progress": trainer.show_progress}
+        outer_step, outer_epoch = trainer.on_step, trainer.on_epoch
+        sums = [dict(trainer.train_sums)]  # the running sums before the next batch (a resumed epoch's so far)
 
-        def watched_train_step(*args, **kwargs):
-            before = dict(trainer.train_sums)
-            losses = train_step(*args, **kwargs)
-            self.on_step(losses, before, trainer.train_sums)
-            return losses
+        def step_hook(trainer_, losses):
+            if outer_step is not None:
+                outer_step(trainer_, losses)
+            self.on_step(losses, sums[0], trainer_.train_sums)
+            sums[0] = dict(trainer_.train_sums)
 
-        def watched_write_log(*args, **kwargs):
-            result = write_log(*args, **kwargs)
-            for row in trainer.history[epochs_seen[0]:]:
-                self.on_epoch(row)
-            epochs_seen[0] = len(trainer.history)
-            return result
+        def epoch_hook(trainer_, row):
+            if outer_epoch is not None:
+                outer_epoch(trainer_, row)
+            self.on_epoch(row)
+            sums[0] = {}  # the trainer starts the next epoch's sums from zero
 
-        trainer.train_step, trainer.write_log = watched_train_step, watched_write_log
+        trainer.on_step, trainer.on_epoch = step_hook, epoch_hook
         if self.progress:
             trainer.show_progress = False
         return saved
 
     def _detach(self, saved: dict) -> None:
         trainer = self.trainer
-        for name in ("train_step", "write_log"):
-            if saved[name] is None:
-                trainer.__dict__.pop(name, None)
-            else:
-                setattr(trainer, name, saved[name])
+        trainer.on_step, trainer.on_epoch = saved["on_step"], saved["on_epoch"]
         trainer.show_progress = saved["show_progress"]
 
     # ---------------------------------------------------------------- the run

@@ -115,6 +115,7 @@ def test_the_figure_follows_the_steps_the_trainer_took(tmp_path):
     assert view.bar.n == steps and view.bar.total == steps
     # everything put back: the trainer's own methods, its progress setting
     assert trainer.train_step.__name__ == "recording" and "write_log" not in trainer.__dict__
+    assert trainer.on_step is None and trainer.on_epoch is None  # the trainer's hooks, put back
     assert trainer.show_progress is True
     assert view.figure.layout.yaxis.title.text == "cross-entropy loss"
     assert "8 steps of 8 images" in view.figure.layout.title.text
@@ -150,6 +151,7 @@ def test_a_failing_run_puts_the_trainer_back(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         view.run()
     assert trainer.train_step is broken and "write_log" not in trainer.__dict__
+    assert trainer.on_step is None and trainer.on_epoch is None
     with pytest.raises(LabkitError, match="window"):
         LiveTraining(trainer, window=0)
 
@@ -179,3 +181,22 @@ def test_supernet_steps_show_the_bits_the_sampler_drew(tmp_path):
                for draws in view.sampled_bits.values())  # σ = 1: the draws are not just the defaults
     with pytest.raises(LabkitError, match="no bit_sampler"):
         LiveSuperNetTraining(make_trainer(tmp_path / "plain"))
+
+
+def test_the_view_uses_the_trainers_hooks_and_keeps_the_callers_own(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=2)
+    calls = []
+    mine_step = lambda t, losses: calls.append(("step", t.global_step))  # noqa: E731
+    mine_epoch = lambda t, row: calls.append(("epoch", row["epoch"]))  # noqa: E731
+    trainer.on_step, trainer.on_epoch = mine_step, mine_epoch
+    view = LiveTraining(trainer, refresh_s=0.0, progress=False)
+    view.run()
+    assert calls == [("step", 1), ("step", 2), ("step", 3), ("step", 4), ("epoch", 1),
+                     ("step", 5), ("step", 6), ("step", 7), ("step", 8), ("epoch", 2)]
+    assert view.steps == list(range(1, 9))
+    assert trainer.on_step is mine_step and trainer.on_epoch is mine_epoch
+    # no wrapper was put on the trainer's methods: only the hooks carried the numbers
+    assert "train_step" not in trainer.__dict__ and "write_log" not in trainer.__dict__
+    # the second epoch's batch accuracies start from the trainer's reset sums, so they still average to its row
+    for b in (8, 4, 2):
+        assert sum(view.batch_accuracy[b][4:]) / 4 == pytest.approx(trainer.history[1][f"train_acc_{b}"], abs=1e-3)

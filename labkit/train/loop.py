@@ -51,12 +51,24 @@ class WithIndex(Dataset):
 
 
 class JointTrainer:
-    """Trains ``model`` (already quantized by :func:`labkit.quantize_model`, or FP32) as ``config`` says."""
+    """Trains ``model`` (already quantized by :func:`labkit.quantize_model`, or FP32) as ``config`` says.
+
+    Two optional hooks let a caller follow :meth:`fit` without touching the loop (e.g.
+    :mod:`labkit.live_training`); both are plain attributes, ``None`` by default:
+
+    - ``on_step(trainer, losses)``: after every batch, right after ``global_step`` counted it; ``losses`` is
+      what :meth:`train_step` returned (``{bits: loss}``, every pass of the batch); ``trainer.train_sums``
+      holds the epoch's running sums including this batch.
+    - ``on_epoch(trainer, row)``: after every epoch, right after its ``row`` was appended to ``history`` (with
+      the evaluations when that epoch evaluated), before the checkpoint and the log are written.
+    """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, train_set: Dataset, eval_sets: dict[str, Dataset],
                  out_dir, num_classes: int, group: ProcessGroup | None = None, show_progress: bool = True,
-                 bit_sampler=None):
+                 bit_sampler=None, on_step=None, on_epoch=None):
         self.config = config
+        self.on_step = on_step
+        self.on_epoch = on_epoch
         self.group = group or ProcessGroup()
         self.device = self.group.device
         self.out_dir = Path(out_dir)
@@ -367,6 +379,8 @@ class JointTrainer:
                 losses = self.train_step(images, labels, indices, epoch)
                 self.batch += 1
                 self.global_step += 1
+                if self.on_step is not None:
+                    self.on_step(self, losses)
                 progress.set_postfix({f"loss{b}": f"{v:.3f}" for b, v in losses.items()}, refresh=False)
                 if self.config.checkpoint_every and self.batch % self.config.checkpoint_every == 0 \
                         and self.batch < self.steps_per_epoch:
@@ -377,6 +391,8 @@ class JointTrainer:
             if last or (epoch + 1) % max(self.config.eval_every, 1) == 0:
                 evaluations = {name: {str(k): v for k, v in self.evaluate(ds).items()} for name, ds in self.eval_sets.items()}
             self.history.append(self._epoch_row(epoch, evaluations))
+            if self.on_epoch is not None:
+                self.on_epoch(self, self.history[-1])
             self.train_sums = {}
             self.epoch, self.batch = epoch + 1, 0
             self.save_checkpoint()

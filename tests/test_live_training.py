@@ -200,3 +200,32 @@ def test_the_view_uses_the_trainers_hooks_and_keeps_the_callers_own(tmp_path):
     # the second epoch's batch accuracies start from the trainer's reset sums, so they still average to its row
     for b in (8, 4, 2):
         assert sum(view.batch_accuracy[b][4:]) / 4 == pytest.approx(trainer.history[1][f"train_acc_{b}"], abs=1e-3)
+
+
+needs_cifar10 = pytest.mark.skipif(not (labkit.config.data_root() / "cifar10").is_dir(),
+                                   reason="no CIFAR-10 under the data root (set LABKIT_DATA)")
+
+
+@needs_cifar10
+def test_the_live_cifar10_run_is_the_recipe_at_a_small_budget(tmp_path):
+    from labkit.checkpoints import load_shipped
+    from labkit.cifar10_live import live_budget, live_joint_trainer
+    from labkit.train.recipes import recipe_config
+
+    budget = live_budget("smoke")
+    trainer = live_joint_trainer(**budget, out_dir=tmp_path, profile="smoke")
+    recipe = recipe_config("cifar10-resnet20", "smoke").to_dict()
+    sizes = {"epochs": 1, "train_subset": budget["train_images"], "batch_size": budget["batch_size"],
+             "eval_subset": budget["eval_images"], "eval_every": 1, "checkpoint_every": 0}
+    assert {k: v for k, v in trainer.config.to_dict().items() if recipe[k] != v and k not in sizes} == {}
+    assert (trainer.config.algorithm, trainer.config.alrs, trainer.config.method) == ("a2", "eq7", "double_rounding")
+    assert trainer.bits == (8, 6, 4, 2) and trainer.total_steps == budget["train_images"] // budget["batch_size"]
+    assert len(trainer.eval_sets["test"]) == budget["eval_images"]
+    # it starts from the shipped FP32 ResNet-20: the quantized model's float weights are that checkpoint's
+    fp32 = load_shipped("cifar10-resnet20-fp32").state_dict()
+    ours = trainer.model.state_dict()
+    assert torch.equal(ours["layer1.0.conv1.weight"], fp32["layer1.0.conv1.weight"])
+    with pytest.raises(LabkitError, match="fewer than one batch"):
+        live_joint_trainer(16, 32, 8, out_dir=tmp_path / "x", profile="smoke")
+    with pytest.raises(LabkitError, match="no live-training budget"):
+        live_budget("huge")

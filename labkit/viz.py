@@ -149,8 +149,8 @@ def rounding_errors_figure(stats: list[SecondRoundingStats], title: str | None =
     rule = stats[0].rounding.replace("_", "-") if stats else ""
     figure.update_layout(
         title=title or f"Error of each way, uniformly spread inputs (ties {rule})",
-        barmode="group", template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
-        margin=dict(b=140),
+        barmode="group", template="plotly_white", height=500,
+        legend=dict(orientation="h", yanchor="top", y=-0.3, x=0), margin=dict(b=150),
     )
     return figure
 

@@ -108,8 +108,11 @@ def measure(chunk: int = 5, rounds: int = 12, batch_size: int = BATCH, per_image
                 times[name].append(time.perf_counter() - begin)
         entry = {"chunk_s": {name: round(statistics.median(t), 3) for name, t in times.items()},
                  "steps_per_s": {name: round(chunk / statistics.median(t), 2) for name, t in times.items()}}
+        bare_step_ms = statistics.median(times["bare"]) / chunk * 1e3
         for name in names[1:]:
             entry[f"{name}_vs_bare"] = round(statistics.median(a / b for a, b in zip(times[name], times["bare"])), 3)
+            # the same ratio estimated from the loader's own cost per batch, less exposed to background load
+            entry[f"{name}_vs_bare_from_loader_only"] = round(1 + loader_only_ms[name] / bare_step_ms, 3)
         results[mode] = entry
         del iterators
     return results

@@ -466,7 +466,9 @@ def bench_data_loading(quick: bool) -> dict:
         common = {"chunk_steps": chunk, "rounds": rounds, "batch": result["batch"], "train_set": result["train_set"],
                   "chunk_s": entry["chunk_s"], "steps_per_s": entry["steps_per_s"],
                   "loader_only_ms_per_batch": result["loader_only_ms_per_batch"],
-                  "cifar10_train_load_s": result["cifar10_train_load_s"]}
+                  "cifar10_train_load_s": result["cifar10_train_load_s"],
+                  "estimates_from_loader_only": {name: entry[f"{name}_vs_bare_from_loader_only"]
+                                                 for name in ("whole_batches", "per_image_jpeg")}}
         value = entry["whole_batches_vs_bare"]
         rows[f"loader_vs_bare_steps_{mode}"] = row(
             value, "× (training steps through make_loader ÷ the same steps on premade batches)", "≤ 1.1", value <= 1.1,

@@ -298,3 +298,13 @@ def test_crop_flip_on_the_device_equals_the_cpu(device):
     images = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8))
     draws = cifar_memory.crop_flip_draws(range(32))
     assert torch.equal(cifar_memory.crop_flip(images.to(device), *draws).cpu(), cifar_memory.crop_flip(images, *draws))
+
+
+def test_whole_batches_leave_the_thread_count_as_it_was(fake_root):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        list(data.make_loader(data.cifar10("train", root=fake_root), 8, train=True, seed=0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -63,7 +63,7 @@ def magnitudes_figure(magnitudes: list[dict]):
         figure.add_bar(name=label, x=bits, y=[row[key] for row in magnitudes], marker_color=color)
     figure.update_layout(barmode="group", height=420, legend_title_text="gradient of",
                          title="Gradient size per precision: same network, same batch")
-    figure.update_yaxes(type="log", title_text="mean |gradient|  (log scale)")
+    figure.update_yaxes(type="log", exponentformat="power", title_text="mean |gradient|  (log scale)")
     figure.update_xaxes(title_text="precision of the forward/backward pass")
     return figure
 
@@ -94,7 +94,7 @@ def step_sizes_figure(sgd_steps: list[dict], adam_steps: list[dict], lr: float =
                      annotation_text=f"λ = {lr:g}", annotation_position="top right")
     positive = [v for v in values if v > 0]
     low, high = math.log10(min(positive + [lr])) - 0.3, math.log10(max(positive + [lr])) + 0.3
-    figure.update_yaxes(type="log", range=[low, high])
+    figure.update_yaxes(type="log", range=[low, high], exponentformat="power")
     figure.update_yaxes(title_text="weight-scale step per optimizer step  (log scale)", row=1, col=1)
     figure.update_xaxes(title_text="precision of the pass")
     figure.update_layout(barmode="group", height=440, legend_title_text="learning rate of the scales",
@@ -113,16 +113,17 @@ def _cell(value, fmt: str) -> str:
 
 def markdown_rows(rows: list[dict], columns) -> str:
     """A Markdown table of ``rows`` (dicts); ``columns`` = ``[(key, header, format), ...]`` (format as for
-    :func:`format`, e.g. ``".3g"``; ``""`` for ``str``). A missing or NaN value shows as ``–``."""
+    :func:`format`, e.g. ``".3g"``; ``""`` for ``str``, left-aligned; numbers are right-aligned). A missing or
+    NaN value shows as ``–``."""
     lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
-             "|" + "---:|" * len(columns)]
+             "|" + "".join(":---|" if not fmt else "---:|" for _, _, fmt in columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns) + " |")
     return "\n".join(lines)
 
 
-INIT_NAMES = {"max": "`max` (max\\|W\\|, the lab's default)", "reference": "`reference` (the authors' 3σ rule)"}
-GRAD_MODE_NAMES = {"lsq": "`lsq` (per channel, the lab's)", "reference": "`reference` (the authors' code)"}
+INIT_NAMES = {"max": "`max`", "reference": "`reference` (3σ)"}
+GRAD_MODE_NAMES = {"lsq": "`lsq`", "reference": "`reference`"}
 
 
 def ratio_table(rows: list[dict]) -> str:
@@ -137,7 +138,7 @@ def ratio_table(rows: list[dict]) -> str:
              "clip_low": 100 * r["clipped_low"], "zero_low": 100 * r["zero_codes_low"]} for r in rows]
     columns = [("init", "weight-scale init", ""), ("mode", "gradient", "")]
     columns += [(f"g{b}", f"{b}-bit", ".3g") for b in bits]
-    columns += [("ratio", f"**{low}-bit ÷ {high}-bit**", ",.1f"), ("chain", "chain factor 2^Δ", ".0f"),
+    columns += [("ratio", f"{low}-bit ÷ {high}-bit", ",.1f"), ("chain", "chain factor 2^Δ", ".0f"),
                 ("tied", "ratio ÷ 2^Δ", ",.1f"), ("clip_high", f"clipped at {high} bits", ".2f"),
                 ("clip_low", f"clipped at {low} bits", ".1f"), ("zero_low", f"{low}-bit codes at 0", ".0f")]
     return markdown_rows(flat, columns)
@@ -157,6 +158,10 @@ def adam_table(steps: list[dict]) -> str:
     return markdown_rows(steps, columns)
 
 
+def _count(n, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def suite_budget_sentence(records: list[dict]) -> str:
     """One sentence on what the suite rows were measured with (profile, budget, test images, seeds, hardware)."""
     if not records:
@@ -164,10 +169,11 @@ def suite_budget_sentence(records: list[dict]) -> str:
     budget, hardware = records[0]["budget"], records[0]["hardware"]
     seeds = sorted({r.get("seeds", 1) for r in records})
     test = budget.get("eval_images", {}).get("test")
-    parts = [f"{budget.get('profile', '?')} profile: {budget.get('epochs', '?')} epoch(s) on "
+    epochs = budget.get("epochs", "?")
+    parts = [f"{budget.get('profile', '?')} profile: {_count(epochs, 'epoch')} on "
              f"{budget.get('train_images', 0):,} training images, batch {budget.get('batch_size', '?')} "
              f"({budget.get('steps', '?')} batches)"]
     if test:
         parts.append(f"top-1 on {test:,} test images")
-    parts.append(f"{'/'.join(map(str, seeds))} seed(s) per row")
+    parts.append(f"{' or '.join(map(str, seeds))} {'seed' if seeds == [1] else 'seeds'} per row")
     return "Measured at the " + ", ".join(parts) + f"; {hardware}."

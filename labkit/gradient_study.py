@@ -63,15 +63,18 @@ def _per_element_scale_grad(x: torch.Tensor, qmin: int, qmax: int, shift: int) -
     return grad
 
 
-def gradient_magnitudes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bits=None) -> list[dict]:
+def gradient_magnitudes(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bits=None,
+                        progress: bool = False) -> list[dict]:
     """Mean absolute gradients per bit-width on one batch: weight scales, activation scales and weights.
 
     For each bit-width ``b`` (default: every trained one) the whole model is switched to ``b``, one
     forward/backward of the cross-entropy runs (batch norms in eval mode, so every pass sees the same
     statistics) and, over all quantized layers, the mean ``|∂L/∂s_w|`` (per-channel weight scales),
     ``|∂L/∂s_a|`` (the activation scale of ``b``) and ``|∂L/∂W|`` are recorded, with LSQ's ``g`` of a typical
-    layer. The model's bit-widths and gradients are restored afterwards.
+    layer. The model's bit-widths and gradients are restored afterwards. ``progress`` shows a bar over the passes.
     """
+    from tqdm.auto import tqdm
+
     layers = quantized_layers(model)
     bit_list = [check_bits(b, allowed=trained_bits(model)) for b in (bits or trained_bits(model))]
     saved_bits = {name: layer.bits for name, layer in layers.items()}
@@ -79,7 +82,7 @@ def gradient_magnitudes(model: torch.nn.Module, images: torch.Tensor, labels: to
     model.eval()
     rows = []
     try:
-        for b in bit_list:
+        for b in tqdm(bit_list, desc="one pass per precision", disable=not progress, leave=False):
             model.zero_grad(set_to_none=True)
             set_bits(model, b)
             F.cross_entropy(model(images), labels).backward()

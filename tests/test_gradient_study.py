@@ -320,6 +320,7 @@ def test_markdown_rows_is_a_table_with_dashes_for_missing_values():
 
     text = markdown_rows([{"a": 8, "b": 0.000123}, {"a": 2, "b": float("nan")}], [("a", "bits", "d"), ("b", "g", ".2e")])
     assert text == "| bits | g |\n|---:|---:|\n| 8 | 1.23e-04 |\n| 2 | – |"
+    assert markdown_rows([{"a": "x"}], [("a", "name", "")]) == "| name |\n|:---|\n| x |"
 
 
 def test_ratio_and_adam_tables_have_one_row_per_case_and_a_full_header():
@@ -341,8 +342,10 @@ def test_suite_budget_sentence_names_profile_budget_test_images_seeds_and_hardwa
     record = {"budget": {"profile": "laptop", "epochs": 1, "batch_size": 128, "train_images": 10000, "steps": 78,
                          "eval_images": {"test": 10000}}, "hardware": "CPU: x, 2 cores", "seeds": 1}
     assert suite_budget_sentence([record]) == (
-        "Measured at the laptop profile: 1 epoch(s) on 10,000 training images, batch 128 (78 batches), top-1 on "
-        "10,000 test images, 1 seed(s) per row; CPU: x, 2 cores.")
+        "Measured at the laptop profile: 1 epoch on 10,000 training images, batch 128 (78 batches), top-1 on "
+        "10,000 test images, 1 seed per row; CPU: x, 2 cores.")
+    record["budget"]["epochs"], record["seeds"] = 3, 2
+    assert "3 epochs" in suite_budget_sentence([record]) and "2 seeds per row" in suite_budget_sentence([record])
     assert suite_budget_sentence([]) == ""
 
 

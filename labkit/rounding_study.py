@@ -1,4 +1,4 @@
-"""Four ways to get l-bit weights from the same INT-h storage, side by side: the study behind notebook 01 (METHOD.md §1).
+"""Four ways to get l-bit weights from the same INT-h storage, side by side: the study of notebook 01 (METHOD.md §1).
 
 Double Rounding (paper Eq. 1–3) stores one INT-h tensor and derives every lower precision from it:
 
@@ -116,7 +116,7 @@ def direct_rounding(values, scale_h: float, high_bits: int = 8, low_bits: int = 
 
 @dataclass(frozen=True)
 class ThreeWayCodes:
-    """The stored INT-h codes and the l-bit codes by Double Rounding, direct rounding and truncation, for the same inputs.
+    """The stored INT-h codes and the l-bit codes by Double Rounding, direct rounding and truncation, for the same W.
 
     Three kinds of codes, four ways (:data:`WAYS`): the truncated codes are dequantized at the bottom or at the
     centre of their cells (:meth:`values_of`).
@@ -164,7 +164,7 @@ class ThreeWayCodes:
 
     @property
     def floor_naive_values(self) -> torch.Tensor:
-        """``q_l · s_l`` for the truncated codes: the bottom of their cells (the authors' ablation, ``"floor_naive"``)."""
+        """``q_l · s_l`` for the truncated codes: their cells' bottom (the authors' ablation, ``"floor_naive"``)."""
         return self.floor_codes.to(self.values.dtype) * self.scale_l
 
     @property
@@ -286,7 +286,7 @@ class SecondRoundingStats:
 
 
 def unclipped_mask(result: ThreeWayCodes) -> torch.Tensor:
-    """True where no way clips: ``|W / s_l| ≤ 2^(l−1) − 1/2``, the widest range symmetric around 0 that every way covers.
+    """True where no way clips: ``|W / s_l| ≤ 2^(l−1) − 1/2``, the widest range symmetric around 0 all ways cover.
 
     Inside it ``W / s_h`` is inside the INT-h cells and ``W / s_l`` inside the l-bit cells of rounding, so the errors
     measured there are rounding errors, not clipping errors. It is symmetric because the signed ranges are not
@@ -492,7 +492,7 @@ def tie_rules_table(codes, high_bits: int = 8, low_bits: int = 2) -> str:
 
 
 def tie_rule_disagreement_table(high_bits: int = 8, bit_choices=(6, 4, 2)) -> str:
-    """Markdown: of all 2^h stored codes, how many get a different l-bit code under the two tie rules, and under floor."""
+    """Markdown: of all 2^h stored codes, how many get another l-bit code under the two tie rules, and under floor."""
     high_bits = check_bits(high_bits, name="high_bits")
     qmin, qmax = int_range(high_bits)
     every_code = torch.arange(qmin, qmax + 1).to(code_dtype(high_bits))
@@ -500,7 +500,8 @@ def tie_rule_disagreement_table(high_bits: int = 8, bit_choices=(6, 4, 2)) -> st
     header = ["h → l", "ties to even ≠ ties up", "floor ≠ ties to even"]
     rows = []
     for bits in sorted({check_bits(b) for b in bit_choices}, reverse=True):
-        even, up, floor = (double_round(every_code, high_bits, bits, rule) for rule in ("half_even", "half_up", "floor"))
+        even, up, floor = (double_round(every_code, high_bits, bits, rule)
+                           for rule in ("half_even", "half_up", "floor"))
         rows.append([_bits(high_bits, bits), f"{int((even != up).sum())} of {total}",
                      f"{int((floor != even).sum())} of {total}"])
     return markdown_table(header, rows)

@@ -172,7 +172,8 @@ def signed_error_figure(result: ThreeWayCodes, ways=("double", "floor_naive", "f
                                     line=dict(color=WAY_COLORS[way], width=1.5), showlegend=False), row=row, col=1)
         mean = float(error.mean())
         figure.add_hline(y=mean, line=dict(color=WAY_COLORS[way], dash="dash"), row=row, col=1,
-                         annotation_text=f"mean {mean:+.3f}", annotation_position="top right")
+                         annotation_text=f"mean {round(mean, 3) + 0.0:+.3f}".replace("-", "−"),  # never "−0.000"
+                         annotation_position="top right")
         figure.update_yaxes(title_text="error (LSB)", range=[-1.1, 1.1], zeroline=True, row=row, col=1)
     figure.update_xaxes(title_text="input W", row=len(ways), col=1)
     figure.update_layout(

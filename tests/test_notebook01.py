@@ -59,7 +59,8 @@ def signed(x: float) -> str:
 
 
 def test_tables_are_rendered_markdown_never_printed_text():
-    checked = [cell for cell in NOTEBOOK.cells if cell.cell_type == "code" and CHECK_TAG in cell.metadata.get("tags", [])]
+    checked = [cell for cell in NOTEBOOK.cells
+               if cell.cell_type == "code" and CHECK_TAG in cell.metadata.get("tags", [])]
     markdown_outputs = 0
     for cell in checked:
         for output in cell.outputs:
@@ -105,7 +106,8 @@ def test_the_texts_numbers_on_the_explorers_weights_are_what_its_readout_shows(e
     for bits in (6, 4, 2):
         readout = explorer.update(bits=bits)["readout"]
         assert f"<b>{stats[bits].codes_double_differs} of 400</b>" in readout
-        assert f"floor differs for {stats[bits].codes_floor_differs} ({stats[bits].fraction_floor_differs:.1%})" in readout
+        floor = f"floor differs for {stats[bits].codes_floor_differs} ({stats[bits].fraction_floor_differs:.1%})"
+        assert floor in readout
 
 
 # ---------------------------------------------------------------------------------------------- the explorer
@@ -160,7 +162,8 @@ def test_question_equations_code_plots_meaning_then_exercises():
     assert headings.index("## The equations (METHOD.md §1, paper Eq. 1–3)") == 1
     meaning = headings.index("## What it means")
     exercises = [i for i, h in enumerate(headings) if h.startswith("## Exercise")]
-    assert len(exercises) == 2 and min(exercises) > meaning and headings[meaning + 1:] == [headings[i] for i in exercises]
+    assert len(exercises) == 2 and min(exercises) > meaning
+    assert headings[meaning + 1:] == [headings[i] for i in exercises]
     for word in ("AdaBits", "Bit-Mixer", "without centring", "METHOD.md §9", 'method="floor"', 'method="floor_naive"'):
         assert word in MARKDOWN
 

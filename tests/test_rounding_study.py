@@ -309,7 +309,8 @@ def test_stats_by_bits_are_what_the_explorer_reads_out():
         assert state["stats"] == stats
         if stats.delta:
             assert f"<b>{stats.codes_double_differs} of {stats.inputs}</b>" in state["readout"]
-            assert f"floor differs for {stats.codes_floor_differs} ({stats.fraction_floor_differs:.1%})" in state["readout"]
+            floor = f"floor differs for {stats.codes_floor_differs} ({stats.fraction_floor_differs:.1%})"
+            assert floor in state["readout"]
 
 
 # ----------------------------------------------------------------------------- Markdown tables
@@ -364,7 +365,7 @@ def test_comparison_table_marks_rows_where_double_rounding_differs():
     rows = table_rows(table)
     assert table.startswith("**INT8 → INT4**") and "c_Δ = 0.46875" in table
     assert rows[1][-1] == "≠" and rows[2][-1] == ""
-    assert rows[1][9:11] == ["16.0000", "23.5000"]  # truncated 24 >> 4 = 1, s_l = 16: bottom 1·16, centre (1 + 15/32)·16
+    assert rows[1][9:11] == ["16.0000", "23.5000"]  # 24 >> 4 = 1, s_l = 16: bottom 1·16, centre (1 + 15/32)·16
     assert "… 1 more rows" in comparison_table(codes_three_ways(torch.tensor([0.1, 0.2]), 0.01, 8, 4), max_rows=1)
 
 

@@ -1,0 +1,68 @@
+"""A short joint {8,6,4,2} fine-tune of the pretrained EfficientNet-Lite0 on Imagenette, to watch (notebook 05).
+
+:func:`live_finetune_trainer` builds the :class:`~labkit.train.loop.JointTrainer` of recipe
+``imagenette-efficientnet-lite0`` (the ImageNet-pretrained EfficientNet-Lite0 quantized for {8,6,4,2}, first and
+last layer FP32, per-bit batch norms; Alg. A.2 with Double Rounding and ALRS Eq. 7, Adam) at a budget small
+enough to follow live: ``train_images`` Imagenette training images (labels in the 1000-class space), batches of
+``batch_size``, one epoch, then the final per-bit evaluation on ``eval_images`` images of Imagenette val and of
+the ImageNet val sample. The run is exactly the recipe's except for those sizes and ``image_size``; the notebook
+hands the trainer to :func:`labkit.live_training.train_live`. Nothing here changes the recipe or the trainer.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from labkit.errors import LabkitError
+from labkit.train.loop import JointTrainer
+from labkit.train.recipes import recipe_config
+from labkit.train.run import build_datasets, build_model_for
+
+RECIPE = "imagenette-efficientnet-lite0"
+IMAGENET_CLASSES = 1000
+
+
+def live_budget(settings: dict) -> dict:
+    """The live run's sizes from notebook 05's profile settings (:mod:`labkit.notebook_settings`)."""
+    keys = ("live_train_images", "live_batch_size", "live_eval_images", "live_image_size")
+    missing = [k for k in keys if k not in settings]
+    if missing:
+        raise LabkitError(f"the settings have no {missing}; pass notebook_settings('05') (they come from there).")
+    return {"train_images": settings["live_train_images"], "batch_size": settings["live_batch_size"],
+            "eval_images": settings["live_eval_images"], "image_size": settings["live_image_size"]}
+
+
+def live_finetune_trainer(train_images: int, batch_size: int, eval_images: int, image_size: int = 224,
+                          out_dir=None, profile: str = "laptop", data_root=None, seed: int = 0) -> JointTrainer:
+    """The JointTrainer of a one-epoch joint fine-tune of EfficientNet-Lite0 (recipe ``imagenette-efficientnet-lite0``).
+
+    ``train_images // batch_size`` steps, each one forward/backward and one Adam step per bit-width, 8 → 2
+    (Alg. A.2); then the four bit-widths are evaluated on ``eval_images`` images of each evaluation set. Writes
+    its checkpoint and log to ``out_dir`` (a new temporary folder by default).
+    """
+    for name, value in (("train_images", train_images), ("batch_size", batch_size), ("eval_images", eval_images),
+                        ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LabkitError(f"{name}={value!r} must be a whole number >= 1.")
+    if train_images < batch_size:
+        raise LabkitError(f"train_images={train_images} is fewer than one batch of {batch_size}; raise train_images "
+                          "or lower batch_size.")
+    config = recipe_config(RECIPE, profile, {"epochs": 1, "train_subset": train_images, "batch_size": batch_size,
+                                             "eval_subset": eval_images, "image_size": image_size, "seed": seed,
+                                             "checkpoint_every": 0})
+    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-live-effnet-"))
+    torch.manual_seed(seed)  # as labkit.train.run.train does before it builds the data and the model
+    train_set, eval_sets, num_classes = build_datasets(config, data_root)
+    if num_classes != IMAGENET_CLASSES:
+        raise LabkitError(f"recipe {RECIPE} should score 1000 ImageNet classes, its data has {num_classes}.")
+    model = build_model_for(config, num_classes)
+    return JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, show_progress=False)
+
+
+def result_rows(trainer: JointTrainer, result: dict) -> list[dict]:
+    """What ``trainer.fit()`` returned (``{set: {"8": top-1, …}}``) as rows of :func:`labkit.bit_accuracy.measure`."""
+    return [{"set": name, "images": len(trainer.eval_sets[name]),
+             "accuracy": {int(b): value for b, value in accuracy.items() if value is not None}}
+            for name, accuracy in result.items()]

@@ -471,12 +471,14 @@ def bench_data_loading(quick: bool) -> dict:
                                                  for name in ("whole_batches", "per_image_jpeg")}}
         value = entry["whole_batches_vs_bare"]
         rows[f"loader_vs_bare_steps_{mode}"] = row(
-            value, "× (training steps through make_loader ÷ the same steps on premade batches)", "≤ 1.1", value <= 1.1,
+            value, "× (training steps through make_loader ÷ the same steps on premade batches)", "≤ 1.1",
+            value <= 1.1,
             detail={"value_is": f"chunks of {chunk} SGD steps of a {label} ResNet-20 (batch {result['batch']}) "
                                 "through the default loader (CIFAR-10 in memory, whole batches) ÷ bare chunks; "
                                 f"median of {rounds} per-round ratios", **common})
         rows[f"loader_per_image_vs_bare_steps_{mode}"] = row(
-            entry["per_image_jpeg_vs_bare"], "× (training steps through the per-image JPEG loader ÷ bare steps)", REPORT,
+            entry["per_image_jpeg_vs_bare"], "× (training steps through the per-image JPEG loader ÷ bare steps)",
+            REPORT,
             detail={"value_is": f"the same {label} chunks through make_loader(cifar10('train', in_memory=False), "
                                 f"whole_batches=False): JPEG decode + augmentation per image in "
                                 f"{result['workers_per_image']} worker process(es)", **common})

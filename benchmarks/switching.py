@@ -62,8 +62,8 @@ def measure(rounds: int = 40) -> dict:
         layers = labkit.quantized_layers(loaded)
         codes = [layer.weight_quantizer.stored_codes for layer in layers.values()]
         masters = [layer.weight.detach().contiguous() for layer in labkit.quantized_layers(model).values()]
-        inverse = [channel_view((layer.weight_quantizer.scale.detach() * 2.0 ** (8 - LOW_BITS)).reciprocal(), layer.weight)
-                   for layer in labkit.quantized_layers(model).values()]
+        inverse = [channel_view((layer.weight_quantizer.scale.detach() * 2.0 ** (8 - LOW_BITS)).reciprocal(),
+                                layer.weight) for layer in labkit.quantized_layers(model).values()]
         bank = CodeBank.from_model(loaded)
         flat_out = torch.empty_like(bank.codes)
         start = time.perf_counter()

@@ -331,7 +331,8 @@ def cifar10(split: str = "train", root=None, download: bool | None = None, trans
             return CIFAR10InMemory(dataset)
         except NotCifarSized as error:
             if in_memory:
-                raise DataLayoutError(f"{error}: in_memory=True holds 32x32 images only; use in_memory=False.") from None
+                raise DataLayoutError(f"{error}: in_memory=True holds 32x32 images only; use in_memory=False.") \
+                    from None
             warnings.warn(f"{error}; CIFAR-10 is read image by image (in_memory=False).", stacklevel=2)
             return dataset
     return _cifar10_torchvision(folder, split, True if download is None else download, transform, root)

@@ -45,7 +45,7 @@ _CONSTANTS: dict = {}
 
 
 def _word_constants(shift: int, device) -> torch.Tensor:
-    """Δ, Δ−1, 8−Δ and the byte masks/offsets of the word kernel, as one int32 tensor (so Δ is not compiled in)."""
+    """Δ, Δ−1, 8−Δ and the byte masks/offsets of the word kernel as one int32 tensor (Δ is not compiled in)."""
     key = (shift, device)
     if key not in _CONSTANTS:
         values = [shift, shift - 1, 8 - shift, _bytes(0xFF >> (shift - 1)), _bytes(0xFF >> shift),

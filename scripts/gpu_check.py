@@ -161,7 +161,8 @@ def section_resnet20(scale, device, train_set, out_dir, budget: Budget) -> dict:
         entry["ms_per_step_on_device_batch"] = per_step
         results[name] = entry
     fp32, joint = results["fp32"]["ms_per_step_on_device_batch"], results["joint_8642"]["ms_per_step_on_device_batch"]
-    results["joint_step_vs_4x_fp32"] = {v: round(joint[v] / (4 * fp32[v]), 3) for v in VARIANTS if v in fp32 and v in joint}
+    results["joint_step_vs_4x_fp32"] = {v: round(joint[v] / (4 * fp32[v]), 3)
+                                        for v in VARIANTS if v in fp32 and v in joint}
     return results
 
 
@@ -267,8 +268,8 @@ def section_host_syncs(device, train_set, out_dir) -> dict:
                 call()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        lines = collections.Counter(f"{Path(w.filename).relative_to(ROOT) if Path(w.filename).is_relative_to(ROOT) else w.filename}:{w.lineno}"
-                                    for w in caught if "synchroniz" in str(w.message))
+        lines = collections.Counter(f"{_relative(w.filename)}:{w.lineno}" for w in caught
+                                    if "synchroniz" in str(w.message))
         return sum(lines.values()), dict(lines.most_common(10))
 
     model = trainer.model
@@ -286,6 +287,11 @@ def section_host_syncs(device, train_set, out_dir) -> dict:
     quantized = len(labkit.quantized_layers(model))
     return {"syncs_per_eval_forward": forward_count, "eval_forward_sources": forward_lines,
             "syncs_per_joint_step": step_count, "joint_step_sources": step_lines, "quantized_layers": quantized}
+
+
+def _relative(filename: str) -> str:
+    path = Path(filename)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else filename
 
 
 def section_int_switch(scale, device) -> dict:
@@ -340,7 +346,8 @@ def text_summary(report: dict) -> str:
                          + (f"; today's per-image loader ÷ bare {entry['today_loader_vs_bare_steps']}"
                             if "today_loader_vs_bare_steps" in entry else ""))
     if "joint_step_vs_4x_fp32" in r20:
-        lines.append("joint step ÷ 4 FP32 steps: " + ", ".join(f"{k} {v}" for k, v in r20["joint_step_vs_4x_fp32"].items()))
+        ratios = r20["joint_step_vs_4x_fp32"]
+        lines.append("joint step ÷ 4 FP32 steps: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     r18 = report["sections"].get("resnet18", {})
     if "joint_step_ms_plain" in r18:
         lines.append(f"ResNet-18 joint step ({r18['image_size']} px, batch {r18['batch']}): plain "
@@ -377,7 +384,8 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     train_set = synthetic_cifar(scale["images"])
     report = {"meta": {"mode": "dry" if args.dry_run else "full", "device": str(device),
-                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                       "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else platform.processor() or "cpu",
                        "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
                        "cpu_count": os.cpu_count(), "scale": scale, "data": "synthetic uint8 CIFAR-sized images"},
               "sections": {}, "errors": {}, "skipped": [], "section_seconds": {}}

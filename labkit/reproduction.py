@@ -287,11 +287,39 @@ def collect(root=RESULTS_DIR) -> list[dict]:
     return records
 
 
+#: Short names for the figure and the comparisons (the full ``Row.label`` is in the table).
+SHORT_LABELS = {
+    "8642-alrs-a2": "Double Rounding + ALRS, A.2", "8642-noalrs-a2": "Double Rounding, no ALRS, A.2",
+    "8642-alrs-a1": "Double Rounding + ALRS, A.1", "8642-alrs-a1-steps": "A.1 at A.2's steps (batch 32)",
+    "432-alrs-a2": "{4,3,2} + ALRS, A.2", "432-noalrs-a2": "{4,3,2}, no ALRS, A.2",
+    "8642-floor": "floor truncation", "8642-per_bit_scale": "per-bit scales (FP32 masters)",
+    "8642-any_precision": "Any-Precision (DoReFa)", "8642-matquant": "MatQuant-style slicing",
+    "lsq-dedicated": "dedicated LSQ (one model per bit)", "432-geometric-a2": "{4,3,2} geometric ALRS",
+    "8642-alrs-gradterm-a2": "+ Eq. 6 gradient term", "8642-alrs-pskd-a2": "+ PS-KD",
+    "8642-alrs-logscale-a2": "weight scales by Adam on log s",
+}
+#: What a group of rows is, for the figure's legend (one colour per group).
+GROUP_NAMES = {"table4": "the paper's method (Table 4)", "controls": "control: equal optimizer steps",
+               "baselines": "baselines", "nested": "nested-integer peer", "dedicated": "dedicated models",
+               "open": "what the paper leaves open"}  # also the figure's order of the configurations
+GROUP_COLORS = {"table4": "#1f77b4", "controls": "#17becf", "baselines": "#d62728", "nested": "#9467bd",
+                "dedicated": "#2ca02c", "open": "#ff7f0e"}
+
+
+def short_label(record: dict) -> str:
+    return SHORT_LABELS.get(record["name"], record["label"])
+
+
+def _seeds_text(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
 def markdown_table(records: list[dict], bits=(32, 8, 6, 4, 3, 2), paper: dict | None = None) -> str:
-    """A Markdown table: one row per record, accuracy (drop vs our FP32) per bit-width.
+    """A Markdown table: one row per record, top-1 mean ± sd over seeds (drop vs our FP32) per bit-width.
 
     ``paper`` rows ({name: {bits: accuracy}}) come first, then our FP32 model (the shipped checkpoint every row
-    starts from), then the records.
+    starts from), then the records; each record's label says over how many seeds it is the mean. A stale record
+    (measured with a set-up that was not fair) shows "stale" instead of its numbers.
     """
     head = "| configuration | " + " | ".join("FP32" if b == 32 else f"{b}-bit" for b in bits) + " | wall time |"
     lines = [head, "|---|" + "---|" * (len(bits) + 1)]
@@ -317,7 +345,7 @@ def markdown_table(records: list[dict], bits=(32, 8, 6, 4, 3, 2), paper: dict | 
                              + (f" ({-drop:+.2f})" if drop is not None else ""))
             else:
                 cells.append("")
-        seeds = f" ({record['seeds']} seeds)" if record.get("seeds", 1) > 1 else ""
+        seeds = f" ({_seeds_text(record.get('seeds', 1))})"
         lines.append(f"| {record['label']}{seeds} | " + " | ".join(cells) + f" | {record['wall_time_s'] / 60:.0f} min |")
     return "\n".join(lines)
 
@@ -329,36 +357,272 @@ def drop_goal_check(record: dict) -> dict[int, dict]:
             for b, goal in DROP_GOAL.items() if b in record["drop"]}
 
 
-def accuracy_figure(records: list[dict], title: str = "CIFAR-10 ResNet-20: top-1 per bit-width at one budget"):
-    """Grouped bars: one colour per configuration, one group per bit-width, with the FP32 line (stale rows left out)."""
-    import plotly.graph_objects as go
+def drop_goal_table(record: dict) -> str:
+    """:func:`drop_goal_check` as a Markdown table (bits, drop, goal, verdict)."""
+    lines = ["| bits | drop below our FP32 | goal | verdict |", "|---:|---:|---:|:---|"]
+    for bits, goal in drop_goal_check(record).items():
+        verdict = "met" if goal["met"] else f"missed by {goal['missed_by']:.2f} points"
+        lines.append(f"| {bits} | {goal['drop']:.2f} | ≤ {goal['goal']} | {verdict} |")
+    return "\n".join(lines)
 
-    figure = go.Figure()
-    for record in records:
-        if record.get("stale"):  # measured with a set-up that was not fair (see collect)
-            continue
-        bits = sorted(record["accuracy"], reverse=True)
-        figure.add_bar(name=record["label"], x=[f"{b}-bit" for b in bits], y=[record["accuracy"][b] for b in bits])
+
+#: The figure's bit-width columns, in descending bit order, and its two facets (bit sets).
+FIGURE_BITS = (8, 6, 4, 3, 2)
+BIT_SETS = ((8, 6, 4, 2), (4, 3, 2))
+#: The narrowest x-range of a panel of the figure, in points of top-1.
+MIN_SPAN = 2.0
+
+
+def _bit_set(record: dict) -> tuple:
+    bits = tuple(sorted(record["accuracy"], reverse=True))
+    return (4, 3, 2) if bits == (4, 3, 2) else (8, 6, 4, 2)
+
+
+def accuracy_figure(records: list[dict], title: str = "CIFAR-10 ResNet-20: top-1 (%) per bit-width at one budget"):
+    """A dot plot with error bars: one column per bit-width (8, 6, 4, 3, 2, descending), one line per
+    configuration, the {8,6,4,2} configurations on top and the {4,3,2} ones below; x = top-1 (%), the bar = ±1 sd
+    over seeds (none for one seed); colour = the kind of configuration; a dashed line at our FP32 where it is
+    near the dots. Stale rows are left out and named under the figure.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    shown = [r for r in records if not r.get("stale")]
+    stale = [r for r in records if r.get("stale")]
+    order = list(GROUP_NAMES)
+    shown.sort(key=lambda r: order.index(r["group"]) if r["group"] in order else len(order))  # stable: ROWS order
+    facets = [(bit_set, [r for r in shown if _bit_set(r) == bit_set]) for bit_set in BIT_SETS]
+    facets = [(bit_set, rows) for bit_set, rows in facets if rows]
+    figure = make_subplots(rows=max(len(facets), 1), cols=len(FIGURE_BITS), horizontal_spacing=0.02,
+                           vertical_spacing=0.12 if len(facets) > 1 else 0.0,
+                           row_heights=[len(rows) + 1 for _, rows in facets] or None,
+                           column_titles=[f"{b}-bit" for b in FIGURE_BITS])
+    legend_done = set()
     fp32 = next((r["fp32"] for r in records if r.get("fp32") is not None), None)
+    fp32_off_scale = []
+    for row_index, (bit_set, rows) in enumerate(facets, start=1):
+        labels = [short_label(r) for r in rows][::-1]  # first record on top
+        first_col = min(FIGURE_BITS.index(b) for b in bit_set) + 1
+        for col, bits in enumerate(FIGURE_BITS, start=1):
+            if bits not in bit_set:
+                figure.update_xaxes(visible=False, row=row_index, col=col)
+                figure.update_yaxes(visible=False, row=row_index, col=col)
+                continue
+            for group in dict.fromkeys(r["group"] for r in rows):
+                members = [r for r in rows if r["group"] == group and bits in r["accuracy"]]
+                if not members:
+                    continue
+                figure.add_trace(go.Scatter(
+                    x=[r["accuracy"][bits] for r in members], y=[short_label(r) for r in members],
+                    error_x=dict(type="data", array=[r.get("accuracy_sd", {}).get(bits, 0.0) for r in members],
+                                 visible=True, thickness=1.5, width=4),
+                    mode="markers", marker=dict(size=10, color=GROUP_COLORS.get(group, "#555555")),
+                    name=GROUP_NAMES.get(group, group), legendgroup=group, showlegend=group not in legend_done,
+                    customdata=[[_seeds_text(r.get("seeds", 1)), r.get("accuracy_sd", {}).get(bits, 0.0)]
+                                for r in members],
+                    hovertemplate=f"%{{y}}, {bits}-bit: %{{x:.2f}} %% ± %{{customdata[1]:.2f}} "
+                                  "(%{customdata[0]})<extra></extra>"), row=row_index, col=col)
+                legend_done.add(group)
+            ends = [(r["accuracy"][bits] - r.get("accuracy_sd", {}).get(bits, 0.0),
+                     r["accuracy"][bits] + r.get("accuracy_sd", {}).get(bits, 0.0)) for r in rows if bits in r["accuracy"]]
+            figure.update_yaxes(categoryorder="array", categoryarray=labels, showticklabels=col == first_col,
+                                showgrid=True, row=row_index, col=col)
+            if not ends:
+                continue
+            low, top = min(e[0] for e in ends), max(e[1] for e in ends)
+            if fp32 is not None and fp32 - top <= 3.0:
+                figure.add_vline(x=fp32, line_dash="dash", line_color="#777777", row=row_index, col=col)
+                top = max(top, fp32)
+            elif fp32 is not None and bits not in fp32_off_scale:
+                fp32_off_scale.append(bits)
+            # at least MIN_SPAN points wide: a 0.1-point gap must not fill the panel
+            pad = max((MIN_SPAN - (top - low)) / 2, 0.0) + 0.3
+            figure.update_xaxes(range=[low - pad, top + pad], row=row_index, col=col)
+        figure.update_yaxes(title_text=f"{{{','.join(map(str, bit_set))}}}", row=row_index, col=first_col)
+    notes = ["Dot: mean over seeds; bar: ±1 sd over seeds (none with one seed)."]
     if fp32 is not None:
-        figure.add_hline(y=fp32, line_dash="dash", annotation_text=f"our FP32 {fp32:.2f}")
-    figure.update_layout(barmode="group", title=title, yaxis_title="top-1 (%)", legend_title="configuration",
-                         height=480)
+        notes.append(f"Dashed: our FP32 model, {fp32:.2f} %"
+                     + (f" (off the scale at {', '.join(f'{b}' for b in fp32_off_scale)} bits)." if fp32_off_scale
+                        else "."))
+    if stale:
+        notes.append("Not shown (stale, to be re-measured with the fair set-up): "
+                     + ", ".join(short_label(r) for r in stale) + ".")
+    rows_shown = sum(len(rows) + 1 for _, rows in facets)
+    height = 230 + 30 * rows_shown
+    figure.update_layout(title=dict(text=title, y=0.98, yanchor="top"), template="plotly_white", height=height,
+                         legend=dict(orientation="h", yanchor="bottom", y=1.0 + 50 / height, x=0, title_text=""),
+                         margin=dict(l=10, r=20, t=110, b=40 + 18 * len(notes)))
+    figure.add_annotation(text="<br>".join(notes), xref="paper", yref="paper", x=0, y=-(25 / height),
+                          showarrow=False, xanchor="left", yanchor="top", align="left",
+                          font=dict(size=11, color="#555555"))
     return figure
 
 
-def results_for_profile(settings: dict, out_root=None, show_progress: bool = False) -> tuple[list[dict], str]:
-    """(records, where they come from) for a notebook: the committed suite (laptop), tiny live runs (smoke),
-    or the full recipes trained now (paper). ``settings["train_rows"]`` names the rows to train live."""
+# ---------------------------------------------------------------- paired comparisons over seeds (issue 12 item 2)
+
+#: (what is compared, row A, row B): every comparison is A − B per bit, paired by seed.
+COMPARISONS = (
+    ("Alg. A.2 − A.1 (both + ALRS)", "8642-alrs-a2", "8642-alrs-a1"),
+    ("A.2 − A.1 at A.2's number of steps (a step per precision)", "8642-alrs-a2", "8642-alrs-a1-steps"),
+    ("A.1 at A.2's steps − A.1 (more steps)", "8642-alrs-a1-steps", "8642-alrs-a1"),
+    ("ALRS − no ALRS, {8,6,4,2}", "8642-alrs-a2", "8642-noalrs-a2"),
+    ("ALRS − no ALRS, {4,3,2}", "432-alrs-a2", "432-noalrs-a2"),
+    ("Double Rounding − floor truncation", "8642-alrs-a2", "8642-floor"),
+    ("Double Rounding − per-bit scales (FP32 masters)", "8642-alrs-a2", "8642-per_bit_scale"),
+    ("Double Rounding − Any-Precision", "8642-alrs-a2", "8642-any_precision"),
+    ("Double Rounding − MatQuant-style slicing", "8642-alrs-a2", "8642-matquant"),
+    ("Double Rounding − dedicated LSQ models", "8642-alrs-a2", "lsq-dedicated"),
+)
+#: The open questions of METHOD.md §4–5, compared the same way (results page).
+OPEN_COMPARISONS = (
+    ("geometric ALRS (authors' code) − Eq. 7, {4,3,2}", "432-geometric-a2", "432-alrs-a2"),
+    ("Eq. 6 gradient term − Eq. 7 alone", "8642-alrs-gradterm-a2", "8642-alrs-a2"),
+    ("PS-KD − no KD", "8642-alrs-pskd-a2", "8642-alrs-a2"),
+    ("weight scales by Adam on log s − plain Adam", "8642-alrs-logscale-a2", "8642-alrs-a2"),
+)
+
+
+def _seed_number(folder: Path, entry: Row) -> int:
+    return 0 if folder.name == entry.name else int(folder.name.rsplit("-seed", 1)[1])
+
+
+def accuracy_by_seed(root=RESULTS_DIR) -> dict[str, dict[int, dict[int, float]]]:
+    """Every finished row's accuracy seed by seed: ``{row: {seed: {bits: top-1}}}``, the four dedicated LSQ rows
+    merged into ``"lsq-dedicated"`` (seed k of each one-bit-width model). The numbers :func:`collect` averages."""
+    root = Path(root)
+    by_seed: dict[str, dict[int, dict[int, float]]] = {}
+    for entry in ROWS:
+        name = "lsq-dedicated" if entry.group == "dedicated" else entry.name
+        for folder in _seed_folders(root, entry):
+            accuracy = _read_run(folder, entry)["accuracy"]
+            by_seed.setdefault(name, {}).setdefault(_seed_number(folder, entry), {}).update(accuracy)
+    return by_seed
+
+
+def paired_comparisons(records: list[dict], by_seed: dict, comparisons=COMPARISONS) -> list[dict]:
+    """Each comparison A − B per bit as a :class:`labkit.statistics.PairedDifference` over the seeds both have.
+
+    ``status`` is ``"measured"``, ``"stale"`` (A or B was measured with a set-up that was not fair: never
+    compared) or ``"not measured"`` (a row has not finished). ``differences`` is ``{bits: PairedDifference}``.
+    """
+    from labkit.statistics import paired_difference
+
+    by_name = {r["name"]: r for r in records}
+    out = []
+    for label, a, b in comparisons:
+        entry = {"label": label, "a": a, "b": b, "differences": {},
+                 "bit_set": (4, 3, 2) if a.startswith("432") else (8, 6, 4, 2)}
+        if a not in by_name or b not in by_name:
+            entry["status"] = "not measured"
+        elif by_name[a].get("stale") or by_name[b].get("stale"):
+            entry["status"] = "stale"
+            entry["stale"] = [n for n in (a, b) if by_name[n].get("stale")]
+        else:
+            entry["status"] = "measured"
+            for bits in FIGURE_BITS:
+                a_seeds = {s: acc[bits] for s, acc in by_seed.get(a, {}).items() if bits in acc}
+                b_seeds = {s: acc[bits] for s, acc in by_seed.get(b, {}).items() if bits in acc}
+                if set(a_seeds) & set(b_seeds):
+                    entry["differences"][bits] = paired_difference(a_seeds, b_seeds)
+        out.append(entry)
+    return out
+
+
+def comparisons_table(comparisons: list[dict], bit_set=(8, 6, 4, 2)) -> str:
+    """A Markdown table of the :func:`paired_comparisons` of one bit set: per bit the mean paired difference
+    (points of top-1), its 95 % interval and the verdict ("real" only when the interval excludes zero), and the
+    number of paired seeds. A comparison with a stale row shows no numbers."""
+    from labkit.statistics import REAL
+
+    bit_set = tuple(bit_set)
+    lines = ["| comparison (A − B) | " + " | ".join(f"{b}-bit" for b in bit_set) + " | seeds |",
+             "|:---|" + "---:|" * len(bit_set) + "---:|"]
+    for comparison in comparisons:
+        if tuple(comparison.get("bit_set", bit_set)) != bit_set:
+            continue
+        if comparison["status"] != "measured":
+            text = ("stale: to be re-measured with the fair set-up" if comparison["status"] == "stale"
+                    else "not measured yet")
+            lines.append(f"| {comparison['label']} | *{text}* |" + " |" * len(bit_set))
+            continue
+        cells, counts = [], set()
+        for b in bit_set:
+            difference = comparison["differences"].get(b)
+            if difference is None:
+                cells.append("")
+                continue
+            counts.add(difference.n)
+            if difference.low is None:
+                cells.append(f"{difference.mean:+.2f} (one seed) not resolved")
+            else:
+                verdict = "**real**" if difference.verdict() == REAL else "not resolved"
+                cells.append(f"{difference.mean:+.2f} [{difference.low:+.2f}, {difference.high:+.2f}] {verdict}")
+        seeds = "/".join(str(n) for n in sorted(counts)) if counts else ""
+        lines.append(f"| {comparison['label']} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines)
+
+
+def comparison_sentence(comparison: dict) -> str:
+    """One comparison in words, each bit with its interval and verdict ("not resolved at this budget" unless the
+    95 % interval excludes zero); a stale or unmeasured comparison says so instead of giving numbers."""
+    from labkit.statistics import NOT_RESOLVED
+
+    if comparison["status"] == "stale":
+        return f"{comparison['label']}: not compared (stale rows, to be re-measured with the fair set-up)"
+    if comparison["status"] == "not measured" or not comparison["differences"]:
+        return f"{comparison['label']}: not measured yet"
+    parts = []
+    for bits, difference in comparison["differences"].items():
+        if difference.low is None:
+            parts.append(f"{bits}-bit {difference.mean:+.2f} (one seed: {NOT_RESOLVED})")
+        else:
+            parts.append(f"{bits}-bit {difference.mean:+.2f} (95 % interval {difference.low:+.2f} to "
+                         f"{difference.high:+.2f}: {difference.verdict()})")
+    n = max(d.n for d in comparison["differences"].values())
+    return f"{comparison['label']} over {_seeds_text(n)}: " + "; ".join(parts)
+
+
+def budget_sentence(records: list[dict]) -> str:
+    """The suite's budget and hardware as a sentence, from the run records."""
+    if not records:
+        return "No suite row has finished yet."
+    first = records[0]
+    budget = first["budget"]
+    test = budget.get("eval_images", {}).get("test")
+    seeds = sorted({r.get("seeds", 1) for r in records if not r.get("stale")})
+    seed_text = (f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}") if seeds else "1"
+    return (f"Every row was trained for {budget.get('epochs', '?')} epoch(s) over "
+            f"{budget.get('train_images', '?'):,} training images in batches of {budget.get('batch_size', '?')} "
+            f"({budget.get('steps', '?')} steps), from the same shipped FP32 ResNet-20, and evaluated on "
+            f"{f'{test:,}' if test else '?'} test images; {seed_text} seed(s) per row; hardware: {first['hardware']}.")
+
+
+def suite_results(settings: dict, out_root=None, show_progress: bool = False) -> dict:
+    """What notebook 03 shows of the suite: ``records`` (:func:`collect`), ``by_seed`` (:func:`accuracy_by_seed`),
+    ``comparisons`` (:func:`paired_comparisons` of :data:`COMPARISONS`), ``root`` and ``source`` (where they come
+    from): the committed suite (laptop), tiny live runs (smoke), or the full recipes trained now (paper).
+    ``settings["train_rows"]`` names the rows to train live."""
     import tempfile
 
     profile, rows = settings["profile"], settings.get("train_rows", ())
     if profile == "laptop" or not rows:
-        return collect(), (f"measured rows committed in {RESULTS_DIR.relative_to(RESULTS_DIR.parents[2])} "
-                           f"(trained by `labkit reproduce` at the suite budget {SUITE_BUDGET})")
-    default = tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke" else RESULTS_DIR.parents[2] / "runs" / "suite-paper"
-    out_root = Path(out_root or default)
-    run_suite(out_root, None if rows == "all" else list(rows), profile=profile, show_progress=show_progress)
-    note = ("smoke budget: 256 training images, one epoch, 128 test images — these numbers only show that every "
-            "row runs" if profile == "smoke" else "the recipes' paper budget: 200 epochs, from the shipped FP32 model")
-    return collect(out_root), f"trained just now in {out_root} ({note})"
+        root = RESULTS_DIR
+        source = (f"measured rows committed in {RESULTS_DIR.relative_to(RESULTS_DIR.parents[2])} "
+                  f"(trained by `labkit reproduce` at the suite budget)")
+    else:
+        default = tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke" else RESULTS_DIR.parents[2] / "runs" / "suite-paper"
+        root = Path(out_root or default)
+        run_suite(root, None if rows == "all" else list(rows), profile=profile, show_progress=show_progress)
+        note = ("smoke budget: 256 training images, one epoch, 128 test images — these numbers only show that every "
+                "row runs" if profile == "smoke" else "the recipes' paper budget: 200 epochs, from the shipped FP32 model")
+        source = f"trained just now in {root} ({note})"
+    records = collect(root)
+    by_seed = accuracy_by_seed(root)
+    return {"records": records, "by_seed": by_seed, "comparisons": paired_comparisons(records, by_seed),
+            "root": root, "source": source}
+
+
+def results_for_profile(settings: dict, out_root=None, show_progress: bool = False) -> tuple[list[dict], str]:
+    """(records, where they come from) of :func:`suite_results`."""
+    results = suite_results(settings, out_root, show_progress)
+    return results["records"], results["source"]

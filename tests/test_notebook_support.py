@@ -493,19 +493,17 @@ def test_drop_goal_check_arithmetic():
     assert drop_goal_check({"drop": {4: -0.4}}) == {4: {"drop": -0.4, "goal": 0.3, "met": True, "missed_by": 0.0}}
 
 
-def test_accuracy_figure_has_one_bar_trace_per_record(suite_root):
+def test_accuracy_figure_has_one_dot_per_record_and_bit(suite_root):
     import plotly.graph_objects as go
 
-    from labkit.reproduction import accuracy_figure, collect
+    from labkit.reproduction import accuracy_figure, collect, short_label
 
     records = collect(suite_root)
     figure = accuracy_figure(records)
-    assert isinstance(figure, go.Figure)
-    assert len(figure.data) == len(records) and all(trace.type == "bar" for trace in figure.data)
-    assert [t.name for t in figure.data] == [r["label"] for r in records]
-    assert list(figure.data[0].x) == ["8-bit", "6-bit", "4-bit", "2-bit"]
-    assert list(figure.data[0].y) == [84.0, 83.9, 83.5, 80.0]
-    assert any(shape.y0 == _our_fp32() for shape in figure.layout.shapes)
+    assert isinstance(figure, go.Figure) and all(trace.type == "scatter" for trace in figure.data)
+    dots = {(y, x) for trace in figure.data for x, y in zip(trace.x, trace.y)}
+    assert dots == {(short_label(r), a) for r in records for a in r["accuracy"].values()}
+    assert any(shape.x0 == _our_fp32() for shape in figure.layout.shapes)
 
 
 def test_run_suite_rejects_unknown_profiles_and_skips_finished_rows(suite_root):

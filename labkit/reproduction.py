@@ -589,12 +589,14 @@ def budget_sentence(records: list[dict]) -> str:
     first = records[0]
     budget = first["budget"]
     test = budget.get("eval_images", {}).get("test")
-    seeds = sorted({r.get("seeds", 1) for r in records if not r.get("stale")})
-    seed_text = (f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}") if seeds else "1"
-    return (f"Every row was trained for {budget.get('epochs', '?')} epoch(s) over "
+    seeds = sorted({r.get("seeds", 1) for r in records if not r.get("stale")}) or [1]
+    seed_text = f"{seeds[0]} seed" + ("s" if seeds[-1] > 1 else "") if len(seeds) == 1 else \
+        f"{seeds[0]}–{seeds[-1]} seeds"
+    epochs = budget.get("epochs", "?")
+    return (f"Every row was trained for {epochs} epoch{'s' if epochs != 1 else ''} over "
             f"{budget.get('train_images', '?'):,} training images in batches of {budget.get('batch_size', '?')} "
             f"({budget.get('steps', '?')} steps), from the same shipped FP32 ResNet-20, and evaluated on "
-            f"{f'{test:,}' if test else '?'} test images; {seed_text} seed(s) per row; hardware: {first['hardware']}.")
+            f"{f'{test:,}' if test else '?'} test images; {seed_text} per row; hardware: {first['hardware']}.")
 
 
 def suite_results(settings: dict, out_root=None, show_progress: bool = False) -> dict:

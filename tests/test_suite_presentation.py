@@ -140,7 +140,7 @@ def test_tables_show_mean_sd_seeds_and_the_goal(root):
     assert goal.splitlines()[0].startswith("| bits |") and len(goal.splitlines()) == 2 + 4
     sentence = budget_sentence(records)
     assert "10,000 training images" in sentence and "78 steps" in sentence and "CPU: test, 2 cores" in sentence
-    assert "1–3 seed(s) per row" in sentence
+    assert "1–3 seeds per row" in sentence and "1 epoch over" in sentence
 
 
 def test_suite_results_reads_the_given_root_at_laptop(root, monkeypatch):

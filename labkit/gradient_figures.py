@@ -20,7 +20,7 @@ def gradient_curves_figure(curves: list[dict]):
 
     ``curves`` come from :func:`labkit.gradient_study.scale_gradient_curve`. The x axis of a row is ``v = x / s_l``
     in that bit-width's steps, so a 2-bit row spans a few steps where an 8-bit one spans hundreds; the dotted
-    lines are the clipping points ``n − ½`` and ``p + ½``.
+    lines are where clipping starts (``clip_low`` / ``clip_high`` of the curve).
     """
     from plotly.subplots import make_subplots
 
@@ -39,7 +39,7 @@ def gradient_curves_figure(curves: list[dict]):
         figure.add_scatter(x=v, y=curve["grad_x"].numpy(), name=name, legendgroup=name, showlegend=False,
                            line=dict(color=color), row=row, col=2)
         for col in (1, 2):
-            for edge in (curve["qmin"] - 0.5, curve["qmax"] + 0.5):
+            for edge in (curve["clip_low"], curve["clip_high"]):
                 figure.add_vline(x=edge, line=dict(color="#555", dash="dot", width=1), row=row, col=col)
         figure.update_yaxes(title_text="∂x̂/∂s_l", row=row, col=1)
         figure.update_yaxes(title_text="∂x̂/∂x", range=[-0.1, 1.15], row=row, col=2)
@@ -90,8 +90,10 @@ def step_sizes_figure(sgd_steps: list[dict], adam_steps: list[dict], lr: float =
         figure.add_bar(x=x, y=y2, name=ALRS_NAMES[rule], legendgroup=rule, showlegend=False,
                        marker_color=ALRS_COLORS[rule], row=1, col=2)
         values += y + y2
-    figure.add_hline(y=lr, line=dict(color="#333", dash="dash", width=1), row=1, col="all",
-                     annotation_text=f"λ = {lr:g}", annotation_position="top right")
+    figure.add_hline(y=lr, line=dict(color="#333", dash="dash", width=1), row=1, col="all")
+    for axis in ("x", "x2"):  # a log axis takes annotation positions in log10 units
+        figure.add_annotation(xref=f"{axis} domain", x=0.0, yref="y", y=math.log10(lr), text=f"λ = {lr:g}",
+                              showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=11))
     positive = [v for v in values if v > 0]
     low, high = math.log10(min(positive + [lr])) - 0.3, math.log10(max(positive + [lr])) + 0.3
     figure.update_yaxes(type="log", range=[low, high], exponentformat="power")

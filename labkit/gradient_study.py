@@ -38,7 +38,12 @@ def scale_gradient_curve(bits: int, high_bits: int = 8, steps: int = 2001, span:
     The weight is quantized the Double Rounding way: scale ``s_h = 1`` at ``high_bits`` and the second rounding
     to ``bits``, so ``x`` is measured in INT-``bits`` steps (``v_l = x / s_l``). Returns tensors ``v``, ``x_hat``
     (in l-bit steps), ``grad_x`` and ``grad_s`` = ``∂x̂/∂s_l`` (the gradient with respect to the learned ``s_h``
-    divided by its ``2^Δ`` chain factor, so every bit-width is on the LSQ scale of Eq. 14), and the bounds.
+    divided by its ``2^Δ`` chain factor, so every bit-width is on the LSQ scale of Eq. 14), the bounds, and
+    ``clip_low`` / ``clip_high``: the ``v`` where the clipped STE starts. At ``bits = high_bits`` those are
+    ``n − ½`` and ``p + ½``. Below it both move down by half an INT-h step, ``2^−(Δ+1)``: a weight below
+    ``(n·2^Δ − ½) / 2^Δ`` has a saturated INT-h code (``round(x) < n·2^Δ``), and one at or above
+    ``((p + ½)·2^Δ − ½) / 2^Δ`` has an INT-h code whose second rounding leaves the range (ties at
+    ``(p + ½)·2^Δ`` round away from the odd ``p``, to even or up).
     """
     bits = check_bits(bits)
     high_bits = check_bits(high_bits, name="high_bits")
@@ -51,8 +56,10 @@ def scale_gradient_curve(bits: int, high_bits: int = 8, steps: int = 2001, span:
     x_hat = fake_quantize(x, torch.ones((), dtype=torch.float64), qmin, qmax, shift=shift, grad_factor=1.0)
     grad_x, = torch.autograd.grad(x_hat.sum(), x)
     grad_s = _per_element_scale_grad(x.detach(), qmin, qmax, shift)
+    half_step = 2.0 ** -(shift + 1) if shift else 0.0
     return {"bits": bits, "high_bits": high_bits, "v": v, "x_hat": x_hat.detach() / 2.0**shift,
-            "grad_x": grad_x, "grad_s": grad_s / 2.0**shift, "qmin": qmin, "qmax": qmax}
+            "grad_x": grad_x, "grad_s": grad_s / 2.0**shift, "qmin": qmin, "qmax": qmax,
+            "clip_low": qmin - (half_step if shift else 0.5), "clip_high": qmax + 0.5 - half_step}
 
 
 def _per_element_scale_grad(x: torch.Tensor, qmin: int, qmax: int, shift: int) -> torch.Tensor:

@@ -267,6 +267,27 @@ def test_lsq_scale_gradient_carries_the_chain_factor_the_reference_one_does_not(
         torch.testing.assert_close(scale.grad, expected)
 
 
+@pytest.mark.parametrize("bits, high_bits", [(8, 8), (4, 4), (2, 8), (4, 8), (6, 8), (3, 4)])
+def test_curve_clip_edges_are_where_the_straight_through_gradient_switches(bits, high_bits):
+    """Just inside each edge ∂x̂/∂x = 1, just outside 0 (the lab's autograd at x = v·2^Δ, s_h = 1); at h the edges
+    are n − ½ and p + ½, below h both sit half an INT-h step lower (the INT-h code saturates, a tie rounds out)."""
+    from labkit.gradient_study import scale_gradient_curve
+    from labkit.quant.lsq import fake_quantize
+
+    curve = scale_gradient_curve(bits, high_bits, steps=11)
+    shift = high_bits - bits
+    qmin, qmax = curve["qmin"], curve["qmax"]
+    half = 2.0 ** -(shift + 1)
+    assert (curve["clip_low"], curve["clip_high"]) == ((qmin - 0.5, qmax + 0.5) if shift == 0 else
+                                                       (qmin - half, qmax + 0.5 - half))
+    eps = 1e-9
+    points = torch.tensor([curve["clip_low"] - eps, curve["clip_low"] + eps, curve["clip_high"] - eps,
+                           curve["clip_high"] + eps], dtype=torch.float64)
+    x = (points * 2.0 ** shift).requires_grad_(True)
+    grad, = torch.autograd.grad(fake_quantize(x, torch.ones((), dtype=torch.float64), qmin, qmax, shift=shift).sum(), x)
+    assert grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
 # ============================================================================ figures and tables
 
 
@@ -318,7 +339,8 @@ def test_step_sizes_figure_one_colour_per_rule_and_a_log_axis_that_holds_every_b
 def test_markdown_rows_is_a_table_with_dashes_for_missing_values():
     from labkit.gradient_figures import markdown_rows
 
-    text = markdown_rows([{"a": 8, "b": 0.000123}, {"a": 2, "b": float("nan")}], [("a", "bits", "d"), ("b", "g", ".2e")])
+    text = markdown_rows([{"a": 8, "b": 0.000123}, {"a": 2, "b": float("nan")}],
+                         [("a", "bits", "d"), ("b", "g", ".2e")])
     assert text == "| bits | g |\n|---:|---:|\n| 8 | 1.23e-04 |\n| 2 | – |"
     assert markdown_rows([{"a": "x"}], [("a", "name", "")]) == "| name |\n|:---|\n| x |"
 

@@ -177,8 +177,10 @@ class JointTrainer:
         """This epoch's batches from ``start_batch`` on; each rank gets its share of every global batch."""
         if self.config.batch_size % self.group.world_size:
             raise LabkitError(f"batch_size={self.config.batch_size} must divide evenly over {self.group.world_size} processes.")
-        return make_loader(self.train_set, self.config.batch_size // self.group.world_size, train=True,
-                           seed=self.config.seed, workers=self.config.workers, subset=self.config.train_subset,
+        # The underlying data set with ``with_index``: whole-batch tensor augmentation where the data fit in
+        # memory (labkit.cifar_memory), batches (images, labels, indices) as WithIndex gives them.
+        return make_loader(self.train_set.dataset, self.config.batch_size // self.group.world_size, train=True,
+                           with_index=True, seed=self.config.seed, workers=self.config.workers, subset=self.config.train_subset,
                            epoch=epoch, start_batch=start_batch, num_replicas=self.group.world_size,
                            rank=self.group.rank, pin_memory=self.device.type == "cuda")
 

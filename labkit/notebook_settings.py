@@ -22,9 +22,15 @@ SETTINGS: dict[str, dict[str, dict]] = {
         "paper": {"eval_images": None, "train_rows": "all", "memory_images": 128},
     },
     "04": {
-        "smoke": {"hessian_images": 32, "probes": 2, "eval_images": 128, "sweep_step": 1.0, "neighbours": False},
-        "laptop": {"hessian_images": 256, "probes": 3, "eval_images": 1000, "sweep_step": 0.25, "neighbours": False},
-        "paper": {"hessian_images": 1000, "probes": 7, "eval_images": None, "sweep_step": 0.05, "neighbours": True},
+        "smoke": {"hessian_images": 32, "probes": 2, "eval_images": 128, "sweep_step": 1.0, "neighbours": False,
+                  "spread_images": 64, "live_run": True, "live_steps": 2, "live_batch_size": 16,
+                  "live_eval_images": 32},
+        "laptop": {"hessian_images": 64, "probes": 3, "eval_images": 1000, "sweep_step": 0.5, "neighbours": False,
+                   "spread_images": 500, "live_run": False, "live_steps": 30, "live_batch_size": 64,
+                   "live_eval_images": 500},
+        "paper": {"hessian_images": 1000, "probes": 7, "eval_images": None, "sweep_step": 0.05, "neighbours": True,
+                  "spread_images": None, "live_run": False, "live_steps": 200, "live_batch_size": 128,
+                  "live_eval_images": None},
     },
     "05": {
         "smoke": {"val_images": 8, "imagenette_images": 8, "live_train_images": 8, "live_batch_size": 4,

@@ -1,0 +1,137 @@
+"""Markdown tables and sentences of notebook 04 (HASB, METHOD.md §6), from what ``labkit.hasb`` functions return.
+
+Render one with ``IPython.display.Markdown``. Numbers are formatted here; the only thing computed is
+:func:`allocation_gap`, the difference of two SuperNets over the SubNets both were evaluated at.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Mapping
+
+from labkit.rounding_study import markdown_table
+
+
+def hmt_table(distribution, estimates: Mapping | None = None) -> str:
+    """The layers from most to least sensitive: average HMT (|tr H| / parameters), with the standard error of
+    the Hutchinson estimate relative to the trace where ``estimates`` (``hessian_trace_estimates``) are given,
+    and whether the layer is at or above the threshold (:func:`labkit.hasb.hmt_distribution`)."""
+    sensitive = set(distribution.sensitive)
+    header = ["rank", "layer", "average HMT"] + (["± standard error (probes)"] if estimates else []) + ["sensitive"]
+    rows = []
+    for rank, (name, value) in enumerate(distribution.ranked, start=1):
+        row = [rank, name, f"{value:.3g}"]
+        if estimates:
+            estimate = estimates[name]
+            relative = estimate.stderr / abs(estimate.trace) if estimate.trace else float("nan")
+            row.append("—" if relative != relative else f"{relative:.0%}")
+        row.append("yes" if name in sensitive else "")
+        rows.append(row)
+    return markdown_table(header, rows, align="rlr" + ("r" if estimates else "") + "l")
+
+
+def threshold_table(traces: Mapping[str, float], rules) -> str:
+    """How many layers each threshold rule marks sensitive on the same traces; ``rules``: ``(label, rule, options)``."""
+    from labkit.hasb import sensitive_layers
+
+    rows = []
+    for label, rule, options in rules:
+        chosen = sensitive_layers(dict(traces), rule=rule, **options)
+        rows.append([label, len(chosen), ", ".join(chosen)])
+    return markdown_table(["threshold", "sensitive layers", "which"], rows, align="lrl")
+
+
+def sampling_gap_table(candidate_sets) -> str:
+    """For each candidate set: a sensitive layer's expected draw vs a uniform one's, and the top bit's probability."""
+    from labkit.hasb.reviewers import sampling_gap
+
+    rows = []
+    for candidates in candidate_sets:
+        gap = sampling_gap(candidates)
+        rows.append(["{" + ",".join(str(b) for b in gap["candidates"]) + "}", f"{gap['expected_sensitive']:.2f}",
+                     f"{gap['expected_uniform']:.2f}", f"{gap['gap_bits']:.2f}",
+                     f"{gap['top_bit_sensitive']:.0%} vs {gap['top_bit_uniform']:.0%}"])
+    return markdown_table(["candidates", "E[b] sensitive", "E[b] uniform", "gap (bits)", "top bit drawn"], rows)
+
+
+def expected_bits_table(probabilities, defaults=(8, 6, 4, 2), sigmas=(0.0, 0.25, 0.5, 1.0)) -> str:
+    """The expected average bit-width of a SuperNet pass (:func:`labkit.hasb.expected_average_bits`), per default
+    bit-width (rows) and replacement rate σ (columns)."""
+    from labkit.hasb import expected_average_bits
+
+    rows = [[f"{default}-bit pass"] + [f"{expected_average_bits(probabilities, default, s):.2f}" for s in sigmas]
+            for default in defaults]
+    return markdown_table(["default bits"] + [f"σ = {s:g}" for s in sigmas], rows)
+
+
+def allocation_table(allocations: Mapping[str, Mapping[str, int]], costs=None) -> str:
+    """The bits of every layer (rows, in layer order) of each named allocation (columns), then their mean bits and,
+    with ``costs`` (:func:`labkit.hasb.layer_costs`), their BitOPs per image (Σ MACs·b², FP32 layers at 32 bits)."""
+    from labkit.hasb.cost import total_bitops
+
+    names = list(allocations)
+    layers = list(allocations[names[0]])
+    rows = [[layer, *(allocations[name][layer] for name in names)] for layer in layers]
+    rows.append(["mean bits", *(f"{sum(allocations[n].values()) / len(allocations[n]):.2f}" for n in names)])
+    if costs is not None:
+        rows.append(["GBitOPs / image", *(f"{total_bitops(costs, allocations[n]) / 1e9:.3f}" for n in names)])
+    return markdown_table(["layer", *names], rows)
+
+
+def predecessor_table(predecessors: Mapping[str, str | None], layers=None) -> str:
+    """Which quantized layer produced the tensor each layer reads (:func:`labkit.hasb.layer_predecessors`): the
+    key of its Transitional BN pair. ``None`` (the FP32 first layer, or the input) shows as such."""
+    chosen = list(layers or predecessors)
+    rows = [[name, predecessors[name] or "— (the FP32 first layer)"] for name in chosen]
+    return markdown_table(["layer", "reads the output of"], rows, align="ll")
+
+
+def spread_table(spreads: Mapping[str, list[dict]]) -> str:
+    """Per SuperNet and average bit-width: how many SubNets, best, worst, mean and spread (rows of
+    :func:`labkit.hasb.accuracy_spread`), accuracies in %."""
+    rows = []
+    for name, spread in spreads.items():
+        for row in spread:
+            rows.append([name, f"{row['avg_bits']:.2f}", row["subnets"], f"{row['max']:.1f}", f"{row['min']:.1f}",
+                         f"{row['mean']:.1f}", f"{row['range']:.1f}"])
+    return markdown_table(["SuperNet", "average bits", "SubNets", "best", "worst", "mean", "best − worst"], rows)
+
+
+def supernet_record_sentence(record: Mapping) -> str:
+    """How a shipped SuperNet was made, as a sentence: command, budget, hardware, wall time (its provenance)."""
+    budget = record["budget"]
+    accuracy = ", ".join(f"{b}-bit {a:.1f} %" for b, a in record["accuracy"].items())
+    images = budget.get("eval_images", {})
+    evaluated = ", ".join(f"{n:,} {name} images" for name, n in images.items()) if images else "the test set"
+    return (f"Made by `{record['command']}`: {budget['epochs']} epochs of {budget['train_images']:,} training images "
+            f"in batches of {budget['batch_size']} ({budget['steps']} steps, {budget['passes_per_step']} passes each) "
+            f"at the {budget['profile']} profile, {record['wall_time_s'] / 60:.0f} min on {record['hardware']}. "
+            f"Uniform bit-widths at the end, on {evaluated}: {accuracy}.")
+
+
+def allocation_gap(records_a, records_b) -> dict:
+    """Accuracy of SuperNet A minus SuperNet B at the allocations both were evaluated at (``search.csv`` records of
+    :func:`labkit.hasb.sweep` / ``labkit search``, each allocation once): ``allocations`` (how many in common),
+    ``mean`` and ``stdev`` of the per-allocation differences (points), ``a_ahead`` (how many A wins)."""
+    from labkit.hasb.reviewers import _allocation
+
+    def by_allocation(records):
+        return {tuple(sorted(_allocation(r).items())): float(r["accuracy"]) for r in records}
+
+    a, b = by_allocation(records_a), by_allocation(records_b)
+    common = [key for key in a if key in b]
+    if not common:
+        raise ValueError("the two record lists share no allocation; search both with the same scores and targets.")
+    differences = [a[key] - b[key] for key in common]
+    return {"allocations": len(common), "mean": statistics.fmean(differences),
+            "stdev": statistics.stdev(differences) if len(differences) > 1 else 0.0,
+            "a_ahead": sum(d > 0 for d in differences)}
+
+
+def allocation_gap_sentence(gap: dict, a: str, b: str, seeds: int = 1) -> str:
+    """The :func:`allocation_gap` as a sentence; with one training seed per SuperNet it cannot be called real
+    (issue 12: only an interval over seeds that excludes zero can), so it says so."""
+    verdict = ("each SuperNet was trained once, so the seed could explain it as well as the sampling: "
+               "**not resolved at this budget**" if seeds < 2 else f"{seeds} seeds per SuperNet")
+    return (f"Over the {gap['allocations']} allocations both were evaluated at, {a} minus {b} is "
+            f"{gap['mean']:+.1f} points on average (standard deviation {gap['stdev']:.1f} over allocations; {a} ahead "
+            f"at {gap['a_ahead']} of {gap['allocations']}): {verdict}.")

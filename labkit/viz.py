@@ -19,7 +19,7 @@ WAY_COLORS = {"direct": "#1f77b4", "double": "#d62728", "floor": "#7f7f7f", "bou
 WAY_NAMES = {
     "direct": "direct rounding of W/s_l",
     "double": "Double Rounding (from INT-h)",
-    "floor": "floor / truncation (from INT-h)",
+    "floor": "floor / truncation q_h >> Δ (from INT-h)",
     "floor_naive": "truncation, dequantized at the cell bottom (naive)",
     "floor_centred": "truncation, dequantized at the cell centre (fair)",
 }
@@ -78,18 +78,28 @@ def code_difference_figure(result: ThreeWayCodes, title: str | None = None) -> g
     low = min(int(d.min()) for d in diffs.values())
     high = max(int(d.max()) for d in diffs.values())
     steps = list(range(min(low, -1), max(high, 1) + 1))
+    counts = {way: [int((d == k).sum()) for k in steps] for way, d in diffs.items()}
     figure = go.Figure([
-        go.Bar(x=steps, y=[int((d == k).sum()) for k in steps], name=WAY_NAMES[way],
-               marker_color=WAY_COLORS[way])
-        for way, d in diffs.items()
+        go.Bar(x=steps, y=counts[way], name=WAY_NAMES[way], marker_color=WAY_COLORS[way]) for way in diffs
     ])
+    ticks = power_of_ten_ticks(max(max(c) for c in counts.values()))
     figure.update_layout(
         title=title or (f"INT{result.high_bits} → INT{result.low_bits}: code minus direct-rounding code "
                         f"({direct.numel()} inputs)"),
         xaxis=dict(title="code difference (l-bit LSB)", tickmode="array", tickvals=steps),
-        yaxis=dict(title="number of inputs", type="log"), barmode="group", template="plotly_white",
+        yaxis=dict(title="number of inputs (log scale)", type="log", tickmode="array", tickvals=ticks,
+                   ticktext=[f"{t:,}" for t in ticks], range=[-0.1, math.log10(ticks[-1]) + 0.1]),
+        barmode="group", template="plotly_white",
     )
     return figure
+
+
+def power_of_ten_ticks(largest: float) -> list[int]:
+    """1, 10, 100, … up to the first power of ten at or above ``largest`` (at least 10): a log axis's ticks."""
+    ticks = [1]
+    while ticks[-1] < max(largest, 10):
+        ticks.append(ticks[-1] * 10)
+    return ticks
 
 
 def error_summary_figure(stats: list[SecondRoundingStats], title: str | None = None) -> go.Figure:
@@ -359,4 +369,56 @@ def quant_error_figure(state: dict) -> go.Figure:
                    showticklabels=bars["yaxis_showticklabels"]),
         width=820, height=380,
     )
+    return figure
+
+
+# ------------------------------------------------------------------ notebook 06: post-training vs joint training
+
+#: Colour of each post-training method in :func:`post_training_figure` (the record's ``method``).
+PTQ_COLORS = {"double_rounding": "#1f77b4", "floor": "#9467bd", "floor_naive": "#7f7f7f",
+              "jointly trained": "#2ca02c"}
+#: The narrowest x-range of a panel of :func:`post_training_figure`, in points of top-1.
+PTQ_MIN_SPAN = 4.0
+
+
+def post_training_figure(records: list[dict], title: str = "An existing FP32 model, no training, vs joint training"):
+    """A dot plot of :func:`labkit.ptq.post_training_comparison` records: one panel per bit-width, one line per
+    model, x = top-1 (%), the bar = ±1 binomial standard error of one measurement on the records' ``images``
+    (:func:`labkit.ptq.standard_error`); the FP32 model dashed where it is near the dots. Each panel has its own
+    x-range (at least :data:`PTQ_MIN_SPAN` points), so 8-bit differences of a point are not squashed next to
+    2-bit ones of fifty.
+    """
+    from labkit.ptq import short_label, standard_error
+
+    bits = list(records[0]["accuracy"])
+    images = records[0]["images"]
+    labels = [short_label(r) for r in records][::-1]  # the first record on top
+    figure = make_subplots(rows=1, cols=len(bits), shared_yaxes=True, horizontal_spacing=0.025,
+                           column_titles=[f"{b}-bit" for b in bits])
+    fp32 = records[0].get("fp32")
+    for col, bit in enumerate(bits, start=1):
+        xs = [r["accuracy"][bit] for r in records]
+        errors = [standard_error(x, images) for x in xs]
+        figure.add_trace(go.Scatter(
+            x=xs, y=[short_label(r) for r in records], mode="markers", showlegend=False,
+            marker=dict(size=11, color=[PTQ_COLORS.get(r.get("method"), "#555555") for r in records]),
+            error_x=dict(type="data", array=errors, visible=True, thickness=1.5, width=4),
+            customdata=errors, hovertemplate=f"%{{y}}, {bit}-bit: %{{x:.1f}} %% ± %{{customdata:.1f}}<extra></extra>",
+        ), row=1, col=col)
+        low = min(x - e for x, e in zip(xs, errors))
+        top = max(x + e for x, e in zip(xs, errors))
+        if fp32 is not None and fp32 - top <= 3.0:
+            figure.add_vline(x=fp32, line_dash="dash", line_color="#777777", row=1, col=col)
+            top = max(top, fp32)
+        pad = max((PTQ_MIN_SPAN - (top - low)) / 2, 0.0) + 0.5
+        figure.update_xaxes(range=[max(low - pad, -1.0), min(top + pad, 101.0)], title_text="top-1 (%)",
+                            row=1, col=col)
+    figure.update_yaxes(categoryorder="array", categoryarray=labels, showgrid=True, automargin=True)
+    note = (f"Dot: top-1 on {images:,} test images; bar: ±1 binomial standard error of one measurement."
+            + (f" Dashed: the FP32 model, {fp32:.1f} % (where it is near the dots)." if fp32 is not None else ""))
+    height = 170 + 44 * len(records)
+    figure.update_layout(title=dict(text=title, y=0.97, yanchor="top"), template="plotly_white", height=height,
+                         margin=dict(l=10, r=20, t=80, b=90))
+    figure.add_annotation(text=note, xref="paper", yref="paper", x=0, y=-70 / height, showarrow=False,
+                          xanchor="left", yanchor="top", align="left", font=dict(size=11, color="#555555"))
     return figure

@@ -349,6 +349,99 @@ def test_post_training_floor_method_truncates_the_int8_codes():
             assert int(codes.min()) >= -(1 << (bits - 1)) and int(codes.max()) <= (1 << (bits - 1)) - 1
 
 
+def test_post_training_truncations_have_the_same_codes_read_back_at_the_cell_centre_or_bottom():
+    """By hand from the FP32 weights: s = max|W| / 127, q8 = round(W / s), q_l = floor(q8 / 2^Δ); the fair
+    truncation reads q_l back at the centre of its 2^Δ INT8 cells, (q_l·2^Δ + (2^Δ − 1)/2)·s, the naive one
+    (the authors' ablation) at their bottom, q_l·2^Δ·s."""
+    from labkit.ptq import VARIANTS, post_training_multi_precision
+
+    fp32 = tiny_cnn()
+    images, _ = batch(16, seed=3)
+    fair = post_training_multi_precision(fp32, images, method="floor")
+    naive = post_training_multi_precision(fp32, images, method="floor_naive")
+    for name in quantized_layers(fair):
+        weight = fp32.state_dict()[f"{name}.weight"].double()
+        scale = weight.flatten(1).abs().amax(1).view(-1, 1, 1, 1) / 127
+        q8 = torch.clamp(torch.round(weight / scale), -128, 127)
+        for bits in (6, 4, 2):
+            cell = 2 ** (8 - bits)
+            q_l = torch.floor(q8 / cell)
+            set_bits(fair, bits), set_bits(naive, bits)
+            fair_layer, naive_layer = quantized_layers(fair)[name], quantized_layers(naive)[name]
+            assert torch.equal(fair_layer.weight_codes()[0].double(), q_l)
+            assert torch.equal(naive_layer.weight_codes()[0].double(), q_l)
+            torch.testing.assert_close(fair_layer.quantized_weight().double(), (q_l * cell + (cell - 1) / 2) * scale)
+            torch.testing.assert_close(naive_layer.quantized_weight().double(), q_l * cell * scale)
+    methods = {method: label for label, method, _ in VARIANTS}
+    assert set(methods) == {"double_rounding", "floor", "floor_naive"}
+    assert "fair" in methods["floor"] and "centre" in methods["floor"]
+    assert "naive" in methods["floor_naive"] and "biased" in methods["floor_naive"]
+    assert "authors' ablation" in methods["floor_naive"]
+
+
+def test_standard_error_is_the_binomial_spread_of_one_measurement():
+    from scipy.stats import binom
+
+    from labkit.ptq import difference_verdict, standard_error
+
+    assert standard_error(80.0, 400) == pytest.approx(2.0)  # 100·sqrt(0.8·0.2/400) = 100·0.02
+    assert standard_error(50.0, 10_000) == pytest.approx(0.5)
+    for accuracy, images in ((81.6, 2000), (11.6, 2000), (46.1, 256)):
+        # the standard deviation of the count of right answers out of N, as a share of N, in points
+        assert standard_error(accuracy, images) == pytest.approx(
+            100 * binom.std(images, accuracy / 100) / images, rel=1e-12)
+    assert standard_error(100.0, 50) == 0.0
+    close = difference_verdict(82.0, 80.0, 400)  # SE 1.921 and 2.0: the difference's 2.773
+    assert close["difference"] == pytest.approx(2.0) and close["se"] == pytest.approx(math.hypot(
+        100 * math.sqrt(0.82 * 0.18 / 400), 2.0)) and not close["resolved"]
+    assert difference_verdict(86.0, 80.0, 400)["resolved"]  # 6 points > 2 · 2.63
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive whole number"):
+            standard_error(80.0, bad)
+    with pytest.raises(ValueError, match="percentage"):
+        standard_error(0.8 * 1000, 100)
+
+
+def test_post_training_summary_says_not_resolved_where_a_difference_is_within_it():
+    from labkit.ptq import post_training_summary
+
+    def record(method, batch_norm, accuracy):
+        return {"label": method, "method": method, "batch_norm": batch_norm, "images": 400, "fp32": 90.0,
+                "accuracy": dict(zip((8, 4), accuracy))}
+
+    records = [record("double_rounding", False, (89.0, 70.0)), record("double_rounding", True, (89.5, 80.0)),
+               record("floor", True, (89.0, 79.0)), record("floor_naive", True, (88.5, 11.0)),
+               record("jointly trained", False, (89.0, 88.0))]
+    text = post_training_summary(records)
+    assert "400 test images" in text and "±2.0 points at 80 %" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    truncation = rows["Double Rounding − fair truncation (both + BN re-estimated)"]
+    assert "+0.5 ± 2.2 (not resolved)" in truncation and "+1.0 ± 2.9 (not resolved)" in truncation
+    fair_naive = next(line for name, line in rows.items() if name.startswith("fair − naive"))
+    assert "+68.0 ± 2.6 |" in fair_naive  # 68 points: resolved, no verdict after it
+    joint = next(line for name, line in rows.items() if name.startswith("jointly trained"))
+    assert "+8.0 ± 2.6 |" in joint  # against the BN re-estimated Double Rounding row, 80.0 %
+
+
+def test_post_training_figure_bars_are_one_binomial_standard_error():
+    from labkit.viz import post_training_figure
+
+    records = [{"label": "a", "method": "double_rounding", "batch_norm": True, "images": 400, "fp32": 90.0,
+                "accuracy": {8: 90.0, 2: 50.0}},
+               {"label": "b", "method": "floor_naive", "batch_norm": True, "images": 400, "fp32": 90.0,
+                "accuracy": {8: 80.0, 2: 10.0}}]
+    figure = post_training_figure(records)
+    eight, two = figure.data
+    assert list(eight.x) == [90.0, 80.0] and list(two.x) == [50.0, 10.0]
+    assert list(eight.error_x.array) == pytest.approx([1.5, 2.0])  # 100·sqrt(.9·.1/400), 100·sqrt(.8·.2/400)
+    assert list(two.error_x.array) == pytest.approx([2.5, 1.5])
+    assert list(eight.y) == ["Double Rounding + BN re-est.", "truncation, naive (cell bottom) + BN re-est."]
+    assert [a.text for a in figure.layout.annotations][:2] == ["8-bit", "2-bit"]
+    assert "400 test images" in figure.layout.annotations[-1].text
+    assert figure.layout.xaxis.range[0] <= 80.0 - 2.0 and figure.layout.xaxis.range[1] >= 90.0 + 1.5
+    figure.to_json()
+
+
 def test_calibrate_re_estimates_only_the_calibrated_bits_batch_norms():
     from labkit.ptq import calibrate
 

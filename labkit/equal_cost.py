@@ -40,7 +40,8 @@ def correct_per_image(model: torch.nn.Module, images: torch.Tensor, labels: torc
 
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
     if len(images) != len(labels) or not len(images):
-        raise LabkitError(f"need as many labels as images, at least one: got {len(images)} images, {len(labels)} labels.")
+        raise LabkitError(f"need as many labels as images, at least one: got {len(images)} images, "
+                          f"{len(labels)} labels.")
     before = get_bits(model) if quantized_layers(model) else None
     was_training = model.training
     model.eval()
@@ -95,7 +96,8 @@ ROW_NAMES = {"uniform": "uniform {b}-bit", "equal_avg_bits": "ILP SubNet at {b}.
              "equal_bitops": "ILP SubNet at the BitOPs of uniform {b}-bit"}
 
 
-def equal_cost_rows(model, comparison: Mapping, costs, images, labels, uniform_bits=(8, 4, 2), progress=True) -> list[dict]:
+def equal_cost_rows(model, comparison: Mapping, costs, images, labels, uniform_bits=(8, 4, 2),
+                    progress=True) -> list[dict]:
     """The SubNets of :func:`labkit.hasb.equal_cost_subnets` and the uniform ``uniform_bits``, measured on ``model``.
 
     One row each: ``key`` (``"uniform"``, ``"equal_avg_bits"``, ``"equal_bitops"``, ``"uniform_4"`` …), ``name``,
@@ -158,18 +160,22 @@ def cost_pareto_figure(records: list[dict], rows: list[dict], title: str | None 
         go.Scatter(x=[r["bitops"] / 1e9 for r in front], y=[r["accuracy"] for r in front], mode="lines",
                    name="Pareto front of the sweep", line=dict(color="#d62728", shape="hv"), hoverinfo="skip"),
     ])
-    symbols = {"ILP": "diamond", "uniform": "square"}
+    from labkit.viz import bit_color
+
+    ilp_colours = {"equal_avg_bits": "#7f3fbf", "equal_bitops": "#111111"}
     for row in rows:
         if row.get("accuracy") is None:
             continue
+        uniform = row["key"].startswith("uniform")
+        colour = bit_color(int(row["avg_bits"])) if uniform else ilp_colours.get(row["key"], "#555555")
         figure.add_scatter(x=[row["bitops"] / 1e9], y=[row["accuracy"]], mode="markers", name=row["name"],
-                           marker=dict(size=12, symbol=symbols["uniform" if row["key"].startswith("uniform") else "ILP"],
-                                       line=dict(width=1, color="#333")),
+                           marker=dict(size=12 if uniform else 14, symbol="square" if uniform else "diamond",
+                                       color=colour, line=dict(width=1, color="#333")),
                            hovertemplate=f"{row['name']}: " + "%{x:.3f} GBitOPs, %{y:.1f} %<extra></extra>")
     figure.add_vline(x=reference["bitops"] / 1e9, line_dash="dash", line_color="#555",
                      annotation_text=f"BitOPs of {reference['name']}", annotation_position="bottom right")
     figure.update_layout(title=title or "SubNets of one SuperNet: accuracy against cost (BitOPs per image)",
                          xaxis_title="GBitOPs per image (Σ MACs · b², first and last layer at 32 bits)",
                          yaxis_title="top-1 accuracy (%)", template="plotly_white", height=460,
-                         legend=dict(orientation="h", yanchor="top", y=-0.2))
+                         legend=dict(title="SubNet", yanchor="top", y=1.0))
     return figure

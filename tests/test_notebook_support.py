@@ -490,7 +490,7 @@ def test_rows_are_unique_and_config_overrides_merge_the_profile_budget():
     from labkit.reproduction import PROFILE_BUDGETS, ROWS, SUITE_BUDGET, row
 
     names = [r.name for r in ROWS]
-    assert len(names) == len(set(names)) == 18
+    assert len(names) == len(set(names)) == 19
     assert {"lsq-8", "lsq-6", "lsq-4", "lsq-2"} <= set(names)
     assert {"432-geometric-a2", "8642-alrs-gradterm-a2", "8642-alrs-pskd-a2", "8642-alrs-a1-steps", "8642-matquant"} <= set(names)
     assert PROFILE_BUDGETS["laptop"] == SUITE_BUDGET and PROFILE_BUDGETS["paper"] == {}
@@ -499,7 +499,7 @@ def test_rows_are_unique_and_config_overrides_merge_the_profile_budget():
     assert noalrs.config_overrides("smoke") == {"epochs": 1, "train_subset": 256, "eval_subset": 128,
                                                 "eval_every": 1, "workers": 0, "alrs": "none"}
     assert noalrs.config_overrides("paper") == {"alrs": "none"}
-    assert row("lsq-4").config_overrides() == {**SUITE_BUDGET, "method": "lsq", "bits": (4,)}
+    assert row("lsq-4").config_overrides() == {**SUITE_BUDGET, "method": "lsq", "bits": (4,), "epochs": 4}
     with pytest.raises(LabkitError, match="8642-alrs-a2"):
         row("nope")
 

@@ -23,7 +23,9 @@ What ALRS applies to (``alrs_scope``, :func:`alrs_rule_for`):
   for: one weight scale receives every precision's LSQ gradient, which is ~11× larger at 2 bits.
 - Every other method (``per_bit_scale`` — MultiQuant / EQ-Net / the paper's "Ours*" —, ``any_precision``,
   dedicated ``lsq``, ``matquant`` and any later baseline) trains **every scale at λ, with no η_b**: that is how
-  their own authors (and a careful LSQ user) train separate per-bit scales. A separate parameter has no other
+  their own authors (and a careful LSQ user) train their scales. (``matquant`` shares one weight scale across its
+  sliced precisions like Double Rounding, but ALRS is this paper's idea, not MatQuant's, so its own recipe does
+  without it; the suite compares it with Double Rounding without ALRS as well.) A separate parameter has no other
   precision to be protected from, and Adam normalises each parameter's step to about λ whatever its gradient
   size, so η_b would only slow it down: the 2-bit weight scale of ``per_bit_scale`` would move
   η_2·λ = 5e-7 per step. ``alrs_scope="all"`` restores ALRS for every method (the lab's old behaviour, an

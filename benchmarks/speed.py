@@ -60,12 +60,14 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def interleaved(candidates: dict, rounds: int) -> dict[str, dict[str, list[float]]]:
+def interleaved(candidates: dict, rounds: int, progress: str = "") -> dict[str, dict[str, list[float]]]:
     """Wall and process-CPU seconds per call of every candidate, round-robin, the order reversed every round."""
     names = list(candidates)
     samples = {name: {"wall": [], "cpu": []} for name in names}
     gc.collect()
     for index in range(rounds):
+        if progress:
+            print(f"{progress}: round {index + 1}/{rounds}, load {load()}", file=sys.stderr, flush=True)
         for name in names if index % 2 == 0 else names[::-1]:
             wall, cpu = time.perf_counter(), time.process_time()
             candidates[name]()
@@ -227,9 +229,10 @@ CONFIGS = {
 }
 
 
-def _train_step(model, optimizer, images, labels, bit_set, bf16: bool):
+def _train_step(model, optimizer, images, labels, bit_set, bf16: bool, path: str = "fused"):
     """One plain step: for every bit-width (or once for FP32) forward, loss, backward; then one Adam step."""
     def step():
+        lsq._KERNELS.update(_PATH_KERNELS[path])
         optimizer.zero_grad(set_to_none=True)
         for bits in bit_set or (None,):
             if bits is not None:
@@ -254,10 +257,14 @@ def _models(batch: int, channels_last: bool):
     return fp32.train(), joint.train(), images, labels
 
 
-def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONFIGS)) -> dict:
-    """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, plain quantize_model + set_bits loop with Adam."""
+def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONFIGS), compiled: bool = False,
+                       rounds: int | None = None) -> dict:
+    """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, plain quantize_model + set_bits loop with Adam. The plain
+    fp32 configuration also runs the joint step on the previous default (``recompute``) and, with ``compiled``,
+    the opt-in compiled fake-quant path, each beside the same FP32 step."""
     start_load = load()
-    batch, rounds = (32, 3) if quick else (128, 7)
+    batch, rounds = (32, rounds or 3) if quick else (128, rounds or 5)
+    paths = _capture_paths(compiled)
     candidates = {}
     for config in configs:
         options = CONFIGS[config]
@@ -267,9 +274,13 @@ def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONF
                 fp32, torch.optim.Adam(fp32.parameters(), 1e-4), images, labels, None, options["bf16"]))
             candidates[f"joint_{config}_t{t}"] = with_threads(t, _train_step(
                 joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, options["bf16"]))
+            if config == "fp32":
+                for path in paths[1:]:
+                    candidates[f"joint{path}_{config}_t{t}"] = with_threads(t, _train_step(
+                        joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False, path))
     for call in candidates.values():
         call()
-    samples = interleaved(candidates, rounds)
+    samples = interleaved(candidates, rounds, "joint_step")
     rows = {}
     for config in configs:
         for t in threads:
@@ -292,6 +303,10 @@ def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONF
                     "fp32_step_vs_plain_fp32": ratio(samples, b, plain) if b != plain and plain in samples else 1.0,
                     "joint_step_vs_plain_joint": ratio(samples, a, f"joint_fp32_t{t}")
                     if f"joint_fp32_t{t}" in samples else 1.0,
+                    "other_paths_vs_4x_fp32": {path: ratio(samples, f"joint{path}_{config}_t{t}", b, divide=len(BITS))
+                                               for path in paths[1:] if f"joint{path}_{config}_t{t}" in samples},
+                    "other_paths_joint_step_ms": {path: median_ms(samples, f"joint{path}_{config}_t{t}")
+                                                  for path in paths[1:] if f"joint{path}_{config}_t{t}" in samples},
                     "load_average_start": start_load, "load_average_end": load(),
                 })
     return rows
@@ -374,14 +389,15 @@ def bf16_accuracy_section(quick: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------ output
 
-def measure(quick: bool = False, sections=SECTIONS, threads=(1, 2), compiled: bool = False) -> dict:
+def measure(quick: bool = False, sections=SECTIONS, threads=(1, 2), compiled: bool = False,
+            configs=tuple(CONFIGS), rounds: int | None = None) -> dict:
     rows = {}
     was = torch.get_num_threads()
     try:
         if "fakequant" in sections:
             rows.update(fakequant_section(quick, tuple(threads), compiled))
         if "joint_step" in sections:
-            rows.update(joint_step_section(quick, tuple(threads)))
+            rows.update(joint_step_section(quick, tuple(threads), tuple(configs), compiled, rounds))
         if "bf16_accuracy" in sections:
             torch.set_num_threads(max(threads))
             rows.update(bf16_accuracy_section(quick))
@@ -409,6 +425,9 @@ def markdown(rows: dict, meta: dict) -> str:
                      f"({detail['fp32_images_per_s']} img/s); epoch FP32 {detail['fp32_epoch_s']} s, joint "
                      f"{detail['joint_epoch_s']} s; CPU-time ratio {detail['cpu_time_ratio']}; load "
                      f"{detail['load_average_start']}")
+            if detail.get("other_paths_vs_4x_fp32"):
+                extra += "; other fake-quant paths: " + ", ".join(
+                    f"{path} {value}" for path, value in detail["other_paths_vs_4x_fp32"].items())
         elif name.startswith("bf16"):
             extra = f"top-1 after: {detail['test_top1_percent_after']}; loss first/last: " \
                     f"{detail['mean_loss_first_last_window']}"
@@ -426,6 +445,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     parser.add_argument("--compiled", action="store_true", help="also time the opt-in torch.compile kernels")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"joint_step configurations, comma-separated: {', '.join(CONFIGS)}")
+    parser.add_argument("--rounds", type=int, default=None, help="joint_step rounds (default 5, quick 3)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--md", type=Path, default=DEFAULT_MD)
     args = parser.parse_args(argv)
@@ -437,7 +459,10 @@ def main(argv=None) -> dict:
     meta = {"command": " ".join(sys.argv), "hardware": hardware_summary(), "torch": torch.__version__,
             "quick": args.quick, "threads": list(threads), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "load_average_start": load(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    rows = measure(args.quick, sections, threads, args.compiled)
+    configs = tuple(c for c in args.configs.split(",") if c)
+    if sorted(set(configs) - set(CONFIGS)):
+        parser.error(f"unknown configuration(s); choose from {', '.join(CONFIGS)}")
+    rows = measure(args.quick, sections, threads, args.compiled, configs, args.rounds)
     meta.update(load_average_end=load(), finished=datetime.datetime.now().isoformat(timespec="seconds"))
     previous = json.loads(args.json.read_text()) if args.json.exists() else {}
     merged = {k: v for k, v in previous.items() if k != "_meta"}

@@ -172,9 +172,11 @@ def _fused_forward(x, scale, qmin: int, qmax: int, shift: int, rounding: str, of
         codes.add_(offset)
     if shift:
         codes.mul_(2.0 ** shift)  # (q + o) · 2^Δ, exact
-    out = torch.mul(codes, scale, out=torch.empty_like(codes, dtype=x.dtype))
+    inside = keep.bool()
     residual_values = torch.addcmul(codes, v, keep, value=-1.0, out=v)  # (q + o) · 2^Δ − v · [inside]
-    return out, residual_values, keep.bool()
+    # x̂ = (q + o) · 2^Δ · s, written over the mask's buffer (three full-size buffers in all: fewer fresh pages)
+    out = torch.mul(codes, scale, out=keep if keep.dtype == x.dtype else torch.empty_like(codes, dtype=x.dtype))
+    return out, residual_values, inside
 
 
 class _FusedFakeQuantize(torch.autograd.Function):

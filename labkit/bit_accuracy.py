@@ -116,11 +116,12 @@ def accuracy_figure(rows: list[dict], title: str, chance: float | None = 0.1):
                        y=values, marker_color=SET_COLORS[position % len(SET_COLORS)],
                        text=[f"{v:.1f} %" for v in values], textposition="outside", cliponaxis=False,
                        hovertemplate="%{x}: %{y:.1f} % top-1<extra>" + row["set"] + "</extra>")
-    if chance is not None:
-        figure.add_hline(y=chance, line_dash="dot", line_color="#555555",
-                         annotation_text=f"chance: {chance:g} %", annotation_position="top right")
+    if chance is not None:  # labelled beside the plot, where no bar label can sit on it
+        figure.add_hline(y=chance, line_dash="dot", line_color="#555555")
+        figure.add_annotation(xref="paper", x=1.0, xanchor="left", yref="y", y=chance, yanchor="bottom",
+                              text=f"chance<br>{chance:g} %", showarrow=False, font=dict(size=11, color="#555555"))
     figure.update_layout(barmode="group", title=title, template="plotly_white", height=460, width=900,
                          legend=dict(title=dict(text="evaluation set"), orientation="h", y=-0.18),
                          xaxis_title="precision", yaxis=dict(title="top-1 accuracy (%)", range=[0, 108]),
-                         margin=dict(t=70, b=110))
+                         margin=dict(t=70, b=110, r=80))
     return figure

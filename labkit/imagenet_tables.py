@@ -24,10 +24,10 @@ def recipe_table(names, profile: str = "paper") -> str:
     for name in names:
         c = recipe_config(name, profile=profile)
         bits = "FP32" if c.bits is None else "{" + ",".join(str(b) for b in c.bits) + "}"
-        rows.append([f"`{name}`", f"`{c.model}`", bits, c.optimizer.capitalize(), f"{c.lr:g}", f"{c.weight_decay:g}",
+        rows.append([f"`{name}`", f"`{c.model}`", bits, f"{c.optimizer.capitalize()}, lr {c.lr:g}, wd {c.weight_decay:g}",
                      c.epochs, c.batch_size, f"Alg. {c.algorithm.upper().replace('A', 'A.')}", c.alrs])
-    return markdown_table(["recipe", "model", "bits", "optimizer", "learning rate", "weight decay", "epochs",
-                           "batch (global)", "algorithm", "ALRS"], rows, "lllllrrrll")
+    return markdown_table(["recipe", "model", "bits", "optimizer", "epochs", "global batch", "algorithm", "ALRS"],
+                          rows, "llllrrll")
 
 
 def class_table(targets, class_index) -> str:

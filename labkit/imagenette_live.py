@@ -66,3 +66,29 @@ def result_rows(trainer: JointTrainer, result: dict) -> list[dict]:
     return [{"set": name, "images": len(trainer.eval_sets[name]),
              "accuracy": {int(b): value for b, value in accuracy.items() if value is not None}}
             for name, accuracy in result.items()]
+
+
+EVAL_MARKERS = {"diamond": "◆", "square": "■", "circle": "●", "triangle-up": "▲"}  # one per evaluation set
+
+
+def watch(trainer: JointTrainer, window: int = 5, show: bool = True):
+    """:func:`labkit.live_training.train_live` for notebook 05's two evaluation sets: each set gets its own marker
+    (◆ the first, ■ the second) and the accuracy panel's title, which names them, takes two lines instead of
+    running into the loss panel's. Returns the view (``view.result``: what ``trainer.fit`` returned)."""
+    from labkit.live_training import LiveTraining
+
+    view = LiveTraining(trainer, window=window)
+    symbols = dict(zip(view.eval_names, list(EVAL_MARKERS) * len(view.eval_names)))
+    suffixes = {f" {name}": symbol for name, symbol in symbols.items()}
+    for trace in view.figure.data:
+        for suffix, symbol in suffixes.items():
+            if trace.name.endswith(suffix):
+                trace.marker.symbol = symbol
+    evaluated = ", ".join(f"{EVAL_MARKERS[symbol]} {name}" for name, symbol in symbols.items())
+    view.figure.layout.annotations[1].text = (f"top-1 accuracy: lines = training batches (mean of {window} steps)"
+                                              + (f"<br>markers = evaluation sets: {evaluated}" if evaluated else ""))
+    view.figure.update_layout(margin=dict(t=110))
+    if show:
+        view.show()
+    view.run()
+    return view

@@ -35,7 +35,7 @@ SETTINGS: dict[str, dict[str, dict]] = {
     "05": {
         "smoke": {"val_images": 8, "imagenette_images": 8, "live_train_images": 8, "live_batch_size": 4,
                   "live_image_size": 128, "live_eval_images": 4},
-        "laptop": {"val_images": 200, "imagenette_images": 200, "live_train_images": 160, "live_batch_size": 16,
+        "laptop": {"val_images": 100, "imagenette_images": 100, "live_train_images": 160, "live_batch_size": 16,
                    "live_image_size": 128, "live_eval_images": 64},
         "paper": {"val_images": None, "imagenette_images": None, "live_train_images": 1024, "live_batch_size": 32,
                   "live_image_size": 224, "live_eval_images": 500},

@@ -164,7 +164,8 @@ def test_figure_names_evaluation_sets_and_labels_every_bar_so_zero_bars_are_read
     assert figure.data[0].text[-1] == "0.0 %"  # the 2-bit bar of height 0 still shows its value
     assert figure.data[0].marker.color != figure.data[1].marker.color
     assert figure.layout.yaxis.range[1] > 100  # room for the labels above a 100 % bar
-    assert figure.layout.shapes[0].y0 == 0.1  # chance among 1000 classes
+    assert figure.layout.shapes[0].y0 == 0.1  # chance among 1000 classes, labelled outside the bars' area
+    assert figure.layout.annotations[0].xref == "paper" and figure.layout.annotations[0].x >= 1.0
 
 
 # ------------------------------------------------------------------------------------------ labkit.imagenet_tables
@@ -177,9 +178,10 @@ def test_recipe_table_reads_the_recipes():
         config = recipe_config(name, profile="paper")
         assert row[0] == f"`{name}`" and row[1] == f"`{config.model}`"
         assert row[2] == "{" + ",".join(map(str, config.bits)) + "}"
-        assert float(row[4]) == config.lr and float(row[5]) == config.weight_decay
-        assert int(row[6]) == config.epochs and int(row[7]) == config.batch_size
-        assert row[8] == "Alg. A.2" and row[9] == config.alrs
+        optimizer, lr, wd = re.fullmatch(r"(\w+), lr (\S+), wd (\S+)", row[3]).groups()
+        assert optimizer.lower() == config.optimizer and float(lr) == config.lr and float(wd) == config.weight_decay
+        assert int(row[4]) == config.epochs and int(row[5]) == config.batch_size
+        assert row[6] == "Alg. A.2" and row[7] == config.alrs
 
 
 def test_class_table_counts_by_class():
@@ -292,15 +294,15 @@ def test_tables_render_as_markdown_and_nothing_prints_a_table_or_a_dict():
 
 def test_every_long_cell_is_announced_with_its_time_and_shows_progress():
     cells = notebook().cells
-    long_calls = ("measure(", "train_live(")
+    long_calls = ("measure(", "watch(")
     for position, cell in enumerate(cells):
         if cell.cell_type != "code" or not any(call in cell.source for call in long_calls):
             continue
         before = next(c for c in reversed(cells[:position]) if c.cell_type == "markdown").source
-        assert re.search(r"takes about \d", before) and "@" not in before, before[-300:]
+        assert re.search(r"takes about (a |an |\d)", before) and "@" not in before, before[-300:]
         assert "progress=False" not in cell.source
     sources = [cell.source for cell in cells if cell.cell_type == "code"]
-    assert any("measure(" in s for s in sources) and any("train_live(" in s for s in sources)
+    assert any("measure(" in s for s in sources) and any("watch(trainer)" in s for s in sources)
     assert not any("reproduction import accuracy_figure" in s for s in sources)  # the figure for configurations
 
 
@@ -312,13 +314,38 @@ def test_live_training_is_opt_in_at_laptop_and_runs_by_itself_at_smoke():
         exec(flag.source, namespace)
         assert namespace["RUN_LIVE_TRAINING"] is expected
     run = cells[cells.index(flag) + 1]
-    assert run.source.startswith("if RUN_LIVE_TRAINING:") and "train_live(trainer)" in run.source
+    assert run.source.startswith("if RUN_LIVE_TRAINING:") and "watch(trainer)" in run.source
 
 
 def test_laptop_budget_fits_the_three_minute_goal():
-    """The laptop evaluation: 200 images per set, each decoded once and scored at 5 precisions (the old one scored
+    """The laptop evaluation: 100 images per set, each decoded once and scored at 5 precisions (the old one scored
     500 per set and decoded each image 5 times, about 7.5 min on 2 cores)."""
     laptop = notebook_settings("05", "laptop")
-    assert laptop["imagenette_images"] + laptop["val_images"] <= 400
+    assert laptop["imagenette_images"] + laptop["val_images"] <= 200
     smoke = notebook_settings("05", "smoke")
     assert smoke["live_train_images"] // smoke["live_batch_size"] == 2
+
+
+def test_watch_gives_each_evaluation_set_its_own_marker_and_a_two_line_title(tmp_path):
+    """The live view of notebook 05 on a tiny trainer with two evaluation sets (no data needed)."""
+    from labkit.imagenette_live import watch
+    from labkit.train import JointTrainer, TrainConfig
+
+    torch.manual_seed(0)
+    model = labkit.quantize_model(TinyNet(), (8, 2), example_input=torch.randn(2, 3, 8, 8))
+    config = TrainConfig(bits=(8, 2), batch_size=4, epochs=1, workers=0, device="cpu", init_from=None,
+                         eval_subset=None, train_subset=None, checkpoint_every=0, lr=0.01)
+    trainer = JointTrainer(model, config, CountingImages(8), {"imagenette-val": CountingImages(4, 1),
+                                                              "imagenet-val-sample": CountingImages(4, 2)},
+                           tmp_path, 10, show_progress=False)
+    view = watch(trainer, window=2, show=False)
+    symbols = {trace.name: trace.marker.symbol for trace in view.figure.data if "val" in trace.name}
+    assert symbols == {"8-bit imagenette-val": "diamond", "2-bit imagenette-val": "diamond",
+                       "8-bit imagenet-val-sample": "square", "2-bit imagenet-val-sample": "square"}
+    title = view.figure.layout.annotations[1].text
+    assert "<br>" in title and "◆ imagenette-val" in title and "■ imagenet-val-sample" in title
+    final = trainer.history[-1]
+    for name in ("imagenette-val", "imagenet-val-sample"):
+        assert view.result[name] == {str(b): final[f"{name}_acc_{b}"] for b in (8, 2)}
+        trace = next(t for t in view.figure.data if t.name == f"8-bit {name}")
+        assert list(trace.y) == [final[f"{name}_acc_8"]]  # the figure holds the trainer's own evaluation

@@ -276,7 +276,7 @@ def code_histogram_bars(state: dict) -> dict:
     codes, counts = list(state["code_histogram"]), list(state["code_histogram"].values())
     bits = state["layer_bits"]
     return {
-        "x": codes, "y": counts, "marker_color": bit_color(bits), "name": f"INT{bits} codes",
+        "x": codes, "y": counts, "marker_color": bit_color(bits), "name": f"{bits}-bit codes",
         "title": code_histogram_title(state), "xaxis_title": f"INT{bits} code q_{bits}",
         "xaxis_range": [codes[0] - 0.5, codes[-1] + 0.5],
     }
@@ -290,11 +290,15 @@ def code_histogram_figure(state: dict) -> go.Figure:
     """
     bars = code_histogram_bars(state)
     figure = go.Figure(go.Bar(x=bars["x"], y=bars["y"], marker_color=bars["marker_color"], name=bars["name"],
-                              hovertemplate="code %{x}: %{y} weights<extra></extra>"))
+                              showlegend=True, hovertemplate="code %{x}: %{y} weights<extra></extra>"))
     figure.update_layout(
-        title=bars["title"], template="plotly_white", bargap=0.05,
+        title=dict(text=bars["title"], font=dict(size=14), x=0.02, xanchor="left", y=0.97, yanchor="top"),
+        template="plotly_white", bargap=0.05,
         xaxis=dict(title=bars["xaxis_title"], range=bars["xaxis_range"]),
-        yaxis=dict(title="number of weights"), width=520, height=360,
+        yaxis=dict(title="number of weights"), width=620, height=360, margin=dict(t=60, b=50, l=60, r=20),
+        # The bars take the colour of the layer's bit-width, the same colour as that layer's bar in the error chart.
+        legend=dict(title_text="colour = bit-width", x=1.0, xanchor="right", y=1.0, yanchor="top",
+                    bgcolor="rgba(255,255,255,0.8)"),
     )
     return figure
 

@@ -47,10 +47,12 @@ def explorer_state(values, scale_h: float, high_bits: int = 8, bits: int = 4, ro
         body = (
             f"Double Rounding differs from direct rounding for <b>{changed} of {n}</b> inputs "
             f"({stats.fraction_double_differs:.1%}, never by more than {stats.max_code_difference} code); "
-            f"floor differs for {floor_changed} ({stats.fraction_floor_differs:.1%}).<br>"
+            f"floor differs for {floor_changed} ({stats.fraction_floor_differs:.1%}): q<sub>h</sub> ≫ Δ, the codes "
+            f"of both truncations below.<br>"
             f"Worst error (unclipped inputs, in INT{result.low_bits} LSB): direct {stats.worst_error_direct:.3f}, "
             f"double {stats.worst_error_double:.3f} (bound {stats.worst_case_bound:.3f}), "
-            f"floor {stats.worst_error_floor:.3f}."
+            f"floor (naive, cell bottom) {stats.worst_error_floor_naive:.3f}, "
+            f"floor (fair, cell centre) {stats.worst_error_floor_centred:.3f}."
         )
     return {
         "bits": result.low_bits,
@@ -61,6 +63,10 @@ def explorer_state(values, scale_h: float, high_bits: int = 8, bits: int = 4, ro
         "title": codes_vs_input_title(result),
         "readout": f"<div style='font-family: sans-serif'>{head}<br>{body}</div>",
     }
+
+
+#: (width, height) in px of the explorer's staircase: a JupyterLab output area is ~1000 px wide at 1440 px.
+EXPLORER_FIGURE_SIZE = (1000, 460)
 
 
 class PrecisionExplorer(widgets.VBox):
@@ -74,8 +80,9 @@ class PrecisionExplorer(widgets.VBox):
                  rounding: str = "half_even"):
         high_bits = check_bits(high_bits, name="high_bits")
         check_tie_rule(rounding)
-        choices = sorted({check_bits(b, name="bit_choices") for b in bit_choices}, reverse=True)
-        if choices[0] > high_bits:
+        # Left to right from the lowest to the highest precision: ArrowRight raises the bit-width.
+        choices = sorted({check_bits(b, name="bit_choices") for b in bit_choices})
+        if choices[-1] > high_bits:
             raise ValueError(f"bit_choices {choices} go above high_bits={high_bits}; the stored INT{high_bits} "
                              f"codes only give bit-widths <= {high_bits}.")
         self.values = values
@@ -83,7 +90,7 @@ class PrecisionExplorer(widgets.VBox):
         self.high_bits = high_bits
         self._updating = False
         self.slider = widgets.SelectionSlider(
-            options=[(f"{b} bits", b) for b in choices], value=choices[min(1, len(choices) - 1)],
+            options=[(f"{b} bits", b) for b in choices], value=choices[max(len(choices) - 2, 0)],
             description="bit-width", continuous_update=True, layout=widgets.Layout(width="420px"),
         )
         # Buttons as wide as their labels (ipywidgets' default is a fixed width that cuts "ties to even (torch.round)").
@@ -94,6 +101,9 @@ class PrecisionExplorer(widgets.VBox):
         )
         self.state = explorer_state(values, self.scale_h, high_bits, self.slider.value, rounding)
         self.figure = go.FigureWidget(codes_vs_input_figure(self.state["result"]))
+        # A FigureWidget does not follow its container's width (it is drawn before it is attached and stays at
+        # plotly's 700 px): give it the width of a notebook's output area at 1440 px with the file browser open.
+        self.figure.layout.width, self.figure.layout.height = EXPLORER_FIGURE_SIZE
         self.readout = widgets.HTML(value=self.state["readout"])
         # Stable CSS hooks for the real-browser test (tests/test_browser.py) and for custom styling.
         self.slider.add_class("labkit-precision-slider")
@@ -357,9 +367,10 @@ def _is_uniform(bits: dict[str, int]) -> bool:
 class PrecisionSwitchboard(widgets.VBox):
     """Live precision switching of a whole model: a bit-width slider, per-layer selectors, three figures, a readout.
 
-    The slider sets one bit-width for every quantized layer (and resets the per-layer selectors); changing one
-    selector makes the model mixed precision: the slider then sits on an extra position "mixed" and a label beside
-    it gives the average bits, so it never claims a uniform bit-width the model is not at. A dropdown picks the
+    The slider sets one bit-width for every quantized layer (and resets the per-layer selectors), the lowest on the
+    left and the highest on the right; changing one selector makes the model mixed precision: the slider then sits
+    on an extra position "mixed", placed among the bit-widths by the model's average bits, and a label beside it
+    gives that average, so it never claims a uniform bit-width the model is not at. A dropdown picks the
     layer whose integer codes are drawn. Figures: sample predictions, the code histogram of that layer, and the
     per-layer weight error. Everything comes from :func:`switchboard_state`; ``update(bits=..., layer_bits=...,
     layer=...)`` moves the controls from code. The widget switches ``model`` itself (it is left at the bits shown).
@@ -381,8 +392,9 @@ class PrecisionSwitchboard(widgets.VBox):
         from labkit.data import CIFAR10_MEAN, CIFAR10_STD
 
         trained = trained_bits(model)
+        # Left to right from the lowest to the highest precision: ArrowRight raises the bit-width.
         choices = sorted({check_bits(b, allowed=trained, name="bit_choices")
-                          for b in (trained if bit_choices is None else bit_choices)}, reverse=True)
+                          for b in (trained if bit_choices is None else bit_choices)})
         if not choices:
             raise BitWidthError(f"bit_choices is empty; pass some of the trained bit-widths {list(trained)}.")
         layer = _check_layer(model, layer)
@@ -397,7 +409,7 @@ class PrecisionSwitchboard(widgets.VBox):
         self.mean = CIFAR10_MEAN if mean is None else mean
         self.std = CIFAR10_STD if std is None else std
         self.allocation_label = str(allocation_label)
-        start = self._full_bits(bits, names, choices[0])
+        start = self._full_bits(bits, names, choices[-1])
         self.allocation = dict(start) if isinstance(bits, dict) else None
         self._cache: dict = {}
         self._updating = False
@@ -426,11 +438,11 @@ class PrecisionSwitchboard(widgets.VBox):
             titles=(ACCORDION_TITLE,), selected_index=None,
         )
         # The top precision is the baseline the readout counts changed predictions against.
-        top = {name: choices[0] for name in names}
+        top = {name: choices[-1] for name in names}
         self.baseline = self._state(top, layer, compare=False)
         self.state = self._state(start, layer)  # from the cache when it is the top precision
         self.precompute = None
-        jobs = [(logits_key(self.images, {name: b for name in names}), b) for b in choices]
+        jobs = [(logits_key(self.images, {name: b for name in names}), b) for b in reversed(choices)]
         jobs = [(key, b) for key, b in jobs if key not in self._cache]
         if precompute and jobs:
             self.precompute = BackgroundLogits(model, self.images, jobs, self._cache).start()
@@ -482,10 +494,14 @@ class PrecisionSwitchboard(widgets.VBox):
         return _is_uniform(bits) and next(iter(bits.values())) in self.choices
 
     def _slider_options(self, bits: dict[str, int]) -> list:
+        """The uniform bit-widths, lowest first; while the model is off them, one more position ``MIXED`` placed
+        by its average bits (after every uniform bit-width at or below it), so ArrowLeft from it goes to the next
+        lower precision and ArrowRight to the next higher one."""
         options = [(f"{b} bits", b) for b in self.choices]
         if not self._on_slider_position(bits):
             label = MIXED if not _is_uniform(bits) else f"all {next(iter(bits.values()))} bits"
-            options.append((label, MIXED))
+            average = sum(bits.values()) / len(bits)
+            options.insert(sum(b <= average for b in self.choices), (label, MIXED))
         return options
 
     def _slider_value(self, bits: dict[str, int]):

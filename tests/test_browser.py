@@ -4,7 +4,9 @@ For each notebook in :data:`BROWSER_NOTEBOOKS` the test starts ``jupyter lab`` (
 a known token, ``LABKIT_PROFILE=smoke``, fresh Jupyter config/data/runtime/settings dirs so nothing of the user's
 setup leaks in) on a temporary copy of ``notebooks/``, opens the notebook in headless Chromium driven by
 Playwright for Python, runs all cells, then moves the widget's slider with the keyboard and checks that the
-readout text and the figure both change.
+readout text and the figure both change, that the key's direction shows in the bit-width read out (the lowest
+precision is on the left: ArrowLeft lowers it, ArrowRight raises it) and that the key back returns the slider to
+where it was. Other sliders of a notebook (:data:`OTHER_SLIDERS`) are moved the same way.
 
 The widgets carry stable CSS hooks (``labkit/widgets.py``): ``labkit-precision-slider`` on the slider,
 ``labkit-readout`` on the HTML readout and ``labkit-figure`` on the plotly ``FigureWidget``.
@@ -44,6 +46,18 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 BROWSER_NOTEBOOKS: dict[str, str | None] = {
     "01_double_rounding_scalar": r"Double Rounding differs from direct rounding for \d+ of \d+ inputs",
     "06_deployment": r"Accuracy \d+\.\d+ %",
+}
+
+# Where each notebook's readout names the bit-width the slider is at: the lowest precision is on the left, so
+# ArrowRight must raise this number and ArrowLeft lower it.
+READOUT_BITS: dict[str, str] = {
+    "01_double_rounding_scalar": r"INT8 → INT(\d+)",
+    "06_deployment": r"at INT(\d+) \(uniform\)",
+}
+
+# More sliders a notebook has, each moved by keyboard too: (slider, readout, where the readout names the bits).
+OTHER_SLIDERS: dict[str, list[tuple[str, str, str]]] = {
+    "06_deployment": [(".labkit-onnx-slider", ".labkit-onnx-readout", r"(\d+)-bit from one file")],
 }
 
 INSTALL_HINT = (
@@ -311,6 +325,34 @@ def _wait_for_idle_kernel(page, seconds: float, what: str) -> None:
     raise AssertionError(f"the kernel was not idle within {seconds}s {what} (last state {state})")
 
 
+def _readout_bits(text: str, pattern: str) -> int:
+    match = re.search(pattern, text)
+    if not match:
+        raise AssertionError(f"the readout {text!r} does not name its bit-width ({pattern!r})")
+    return int(match.group(1))
+
+
+def _move_by_keyboard(page, slider: str, readout_selector: str, pattern: str) -> None:
+    """Press ArrowLeft then ArrowRight on ``slider``: the bits its readout names go down one step, then back up."""
+    from playwright.sync_api import expect
+
+    output = page.locator(".jp-OutputArea-output", has=page.locator(slider)).first
+    handle, readout = output.locator(f"{slider} .noUi-handle").first, output.locator(readout_selector).first
+    handle.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+    output.evaluate("el => el.scrollIntoView({block: 'start'})")
+    start = _readout_bits(readout.inner_text(), pattern)
+    steps = []
+    for key in ("ArrowLeft", "ArrowRight"):
+        text = readout.inner_text().strip()
+        handle.focus()
+        handle.press(key)
+        expect(readout).not_to_have_text(text, use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+        steps.append(_readout_bits(readout.inner_text(), pattern))
+    if not steps[0] < start == steps[1]:
+        raise AssertionError(f"{slider}: ArrowLeft then ArrowRight read out {start} → {steps[0]} → {steps[1]} bits; "
+                             "left must be the lower precision")
+
+
 def _screenshot(page, name: str, record_property) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -373,12 +415,15 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
                 raise AssertionError(f"the readout {before_text!r} does not match {readout_pattern!r}")
             shots.append(_screenshot(page, f"{notebook}-before", record_property))
 
-            # Move the slider one step with the keyboard (towards the end it is not already at).
+            # Move the slider one step with the keyboard: left (a lower precision) unless it is at the left end;
+            # the key back, below, checks the other direction.
             position = handle.get_attribute("aria-valuenow")
-            key = "ArrowRight" if float(position) < float(handle.get_attribute("aria-valuemax")) else "ArrowLeft"
+            key = "ArrowLeft" if float(position) > float(handle.get_attribute("aria-valuemin")) else "ArrowRight"
             handle.focus()
             handle.press(key)
             expect(handle).not_to_have_attribute("aria-valuenow", position, timeout=5_000)
+            moved_to = handle.get_attribute("aria-valuenow")
+            assert (float(moved_to) > float(position)) == (key == "ArrowRight"), (key, position, moved_to)
 
             # innerText, as read above (textContent would differ at every <br> and pass at once).
             expect(readout).not_to_have_text(before_text, use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
@@ -395,6 +440,23 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
                 raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
             output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
             shots.append(_screenshot(page, f"{notebook}-after", record_property))
+
+            # Left to right is low to high precision: the key's direction shows in the bit-width read out, and
+            # the opposite key comes back to where the slider started.
+            bits_pattern = READOUT_BITS.get(notebook)
+            if bits_pattern:
+                before_bits, after_bits = (_readout_bits(text, bits_pattern) for text in (before_text, after_text))
+                if (after_bits > before_bits) != (key == "ArrowRight"):
+                    raise AssertionError(f"{key} moved the bit-width from {before_bits} to {after_bits}: the slider "
+                                         "must run from the lowest precision (left) to the highest (right)")
+                back = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
+                handle.press(back)
+                expect(handle).to_have_attribute("aria-valuenow", position, timeout=5_000)
+                expect(readout).to_have_text(re.compile(bits_pattern.replace(r"(\d+)", str(before_bits))),
+                                             use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+
+            for slider, other_readout, pattern in OTHER_SLIDERS.get(notebook, []):
+                _move_by_keyboard(page, slider, other_readout, pattern)
         except (AssertionError, PlaywrightError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             try:

@@ -182,7 +182,8 @@ def board(model, batch):
 
 
 def test_the_board_starts_at_the_top_precision_with_css_hooks(model, board):
-    assert [value for _, value in board.slider.options] == list(BITS) and board.slider.value == 8
+    # lowest precision on the left, highest on the right: ArrowRight raises the bit-width
+    assert [value for _, value in board.slider.options] == [2, 4, 6, 8] and board.slider.value == 8
     assert "labkit-precision-slider" in board.slider._dom_classes
     assert "labkit-readout" in board.readout._dom_classes
     assert all("labkit-figure" in figure._dom_classes for figure in board.figures)
@@ -217,6 +218,19 @@ def test_update_changes_the_figures_and_the_readout(model, board):
     with pytest.raises(LabkitError, match="no quantized layer"):
         board.update(layer_bits={"nope": 2})
     assert board.slider.value == 2 and board.state is state  # a refused update moves nothing
+
+
+def test_the_histograms_colour_is_explained_by_its_legend_and_matches_the_error_chart(model, board):
+    board.update(bits=8, layer="layer2.0.conv1", layer_bits={"layer2.0.conv1": 4})
+    histogram, errors = board.histogram_figure, board.error_figure
+    index = list(board.layer_selectors).index("layer2.0.conv1")
+    assert histogram.data[0].showlegend and histogram.data[0].name == "4-bit codes"
+    assert histogram.layout.legend.title.text == "colour = bit-width"
+    assert histogram.data[0].marker.color == errors.data[0].marker.color[index] == "#ff7f0e"  # 4 bits: orange
+    assert errors.data[0].marker.color[0] == "#1f77b4"  # an 8-bit layer: blue, as its histogram would be
+    board.update(layer_bits={"layer2.0.conv1": 2})
+    assert histogram.data[0].name == "2-bit codes" and histogram.data[0].marker.color == "#d62728"
+    assert histogram.layout.margin.t <= 60  # the title sits on the plot, no gap of a third of the figure
 
 
 def test_moving_the_slider_redraws_and_resets_every_layer(model, board):

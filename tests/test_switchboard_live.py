@@ -255,7 +255,8 @@ def test_opening_at_an_allocation_shows_mixed_not_a_uniform_bit_width(model, bat
     assert board.allocation_button.description == "searched allocation"
     assert board.allocation_button.layout.display is None and board.allocation_button.disabled  # already there
     assert "This is the searched allocation" in board.readout.value
-    assert [value for _, value in board.slider.options] == [*BITS, MIXED]
+    # placed by its average, 4.67 bits: between 4 and 6, so ArrowLeft lowers and ArrowRight raises the precision
+    assert [value for _, value in board.slider.options] == [2, 4, MIXED, 6, 8]
 
 
 def test_the_first_move_keeps_the_allocation_one_click_away(model, batch):
@@ -265,7 +266,7 @@ def test_the_first_move_keeps_the_allocation_one_click_away(model, batch):
     at_allocation = board.state["accuracy"]
     board.slider.value = 4  # the first move
     assert get_bits(model) == {name: 4 for name in names}
-    assert board.slider.value == 4 and [v for _, v in board.slider.options] == list(BITS)
+    assert board.slider.value == 4 and [v for _, v in board.slider.options] == sorted(BITS)
     assert board.mixed_label.value == "" and "labkit-mixed" not in board.slider._dom_classes
     assert not board.allocation_button.disabled
     assert "one click away: press “searched allocation”" in board.readout.value
@@ -291,6 +292,24 @@ def test_a_uniform_bit_width_off_the_slider_is_not_shown_as_a_slider_position(mo
     board.update(layer_bits={name: 2 for name in board.layer_selectors})
     assert board.slider.value == MIXED and board.slider.label == "all 2 bits"
     assert "uniform, off the slider: avg 2.00 bits" in board.mixed_label.value
+    assert [v for _, v in board.slider.options] == [MIXED, 4, 8]  # 2 bits: below every slider position
+    board.update(layer_bits={name: 6 for name in board.layer_selectors})
+    assert [v for _, v in board.slider.options] == [4, MIXED, 8] and board.slider.label == "all 6 bits"
+
+
+def test_the_mixed_position_follows_the_average_bits(model, batch):
+    board = open_board(model, batch)
+    names = list(board.layer_selectors)
+    assert len(names) == 3
+    cases = (((2, 8, 8), [2, 4, 6, MIXED, 8]),   # average 6.00: after 6 (at or below it), before 8
+             ((2, 2, 8), [2, 4, MIXED, 6, 8]),   # 4.00
+             ((6, 4, 2), [2, 4, MIXED, 6, 8]),   # 4.00
+             ((8, 4, 4), [2, 4, MIXED, 6, 8]),   # 5.33
+             ((2, 2, 4), [2, MIXED, 4, 6, 8]))   # 2.67
+    for layer_bits, options in cases:
+        board.update(layer_bits=dict(zip(names, layer_bits)))
+        assert [v for _, v in board.slider.options] == options, layer_bits
+        assert board.slider.value == MIXED and board.slider.label == "mixed"
 
 
 def test_allocation_errors_and_titles(model, batch):

@@ -48,3 +48,15 @@ def test_error_summary_figure_plots_the_measured_statistics():
     worst_double = [t for t in figure.data if t.type == "scatter" and t.legendgroup == "double"][0]
     assert all(w <= b for w, b in zip(worst_double.y, lines["bound 0.5 + 2^-(Δ+1)"].y))
     figure.to_json()
+
+
+def test_code_difference_figures_log_axis_is_labelled_in_powers_of_ten(result):
+    figure = code_difference_figure(result)
+    axis = figure.layout.yaxis
+    assert axis.type == "log" and axis.tickmode == "array"
+    largest = max(max(trace.y) for trace in figure.data)  # 500 inputs: at most 500 in one bar
+    assert list(axis.tickvals) == [1, 10, 100, 1000] and 100 <= largest <= 1000
+    assert list(axis.ticktext) == ["1", "10", "100", "1,000"]
+    assert axis.range[1] >= 3.0  # log10(1000): the top tick is on the axis
+    many = codes_three_ways(torch.randn(20_000, generator=torch.Generator().manual_seed(1)) * 0.4, 0.01, 8, 4)
+    assert list(code_difference_figure(many).layout.yaxis.tickvals) == [1, 10, 100, 1000, 10_000, 100_000]

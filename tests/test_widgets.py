@@ -27,7 +27,8 @@ def test_explorer_state_is_the_three_way_comparison(values):
 def test_moving_the_slider_changes_the_figure_and_the_readout(values):
     explorer = precision_explorer(values, 0.01, high_bits=8, bit_choices=(8, 6, 4, 2))
     assert isinstance(explorer.figure, go.FigureWidget)
-    assert [value for _, value in explorer.slider.options] == [8, 6, 4, 2]
+    # lowest precision on the left: ArrowRight (the next option) raises the bit-width; it opens at 6 bits
+    assert [value for _, value in explorer.slider.options] == [2, 4, 6, 8] and explorer.slider.value == 6
     before_y, before_readout = explorer.figure.data[1].y, explorer.readout.value
     explorer.slider.value = 2  # what dragging the slider does
     after = explorer.figure.data[1].y
@@ -65,3 +66,27 @@ def test_bad_choices_are_refused(values):
         precision_explorer(values, 0.01, high_bits=4, bit_choices=(8, 4))
     with pytest.raises(ValueError, match="half_even"):
         precision_explorer(values, 0.01, rounding="floor")
+
+
+def test_the_readout_names_both_truncations_with_their_own_errors(values):
+    from labkit.rounding_study import code_difference_stats, unclipped_mask
+
+    state = explorer_state(values, 0.01, 8, 4, "half_even")
+    stats = code_difference_stats(codes_three_ways(values, 0.01, 8, 4))
+    # the naive truncation reads q_h >> Δ back at the bottom of its cells, the fair one at their centre
+    result = codes_three_ways(values, 0.01, 8, 4)
+    inside = unclipped_mask(result)  # |W / s_l| <= 2^(l-1) - 1/2: the errors there are rounding errors
+    naive = ((result.floor_codes.double() * result.scale_l - values.double()) / result.scale_l)[inside]
+    centred = (((result.floor_codes.double() + 0.5 - 2 ** -5) * result.scale_l - values.double())
+               / result.scale_l)[inside]
+    assert stats.worst_error_floor_naive == pytest.approx(float(naive.abs().max()), abs=1e-6)
+    assert stats.worst_error_floor_centred == pytest.approx(float(centred.abs().max()), abs=1e-6)
+    assert f"floor (naive, cell bottom) {float(naive.abs().max()):.3f}" in state["readout"]
+    assert f"floor (fair, cell centre) {float(centred.abs().max()):.3f}" in state["readout"]
+    assert f"floor {stats.worst_error_floor_naive:.3f}." not in state["readout"]  # no bare "floor" error any more
+
+
+def test_the_explorers_figure_is_as_wide_as_an_output_area(values):
+    # plotly's FigureWidget keeps 700 px unless told (it never autosizes to its container)
+    explorer = precision_explorer(values, 0.01)
+    assert explorer.figure.layout.width >= 950 and explorer.figure.layout.height >= 400

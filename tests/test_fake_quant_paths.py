@@ -223,20 +223,32 @@ def test_unknown_path_is_rejected():
 
 
 def test_compiled_path_equals_fused_bit_for_bit():
-    """The opt-in ``torch.compile`` kernels (the recompute formulas, the reduction kept eager) give the same bits."""
-    shape = (8, 3, 3, 3)
-    scale = torch.full((8, 1, 1, 1), 0.006)
-    x = boundary_values(scale, shape, 4, seed=12)
-    grad = upstream_gradient(shape, 12)
-    for shift in (0, 4):
+    """The opt-in ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction kept
+    eager) give the same bits: every tie rule, Δ = 0 and Δ > 0, the centred offset, a per-tensor activation, and
+    two shapes through one compiled kernel."""
+    cases = [((8, 3, 3, 3), 0, "half_even", 0.0), ((8, 3, 3, 3), 4, "half_even", 0.0), ((5, 7, 3, 3), 6, "half_even", 0.0),
+             ((8, 3, 3, 3), 0, "half_up", 0.0), ((8, 3, 3, 3), 2, "half_up", 0.0),
+             ((8, 3, 3, 3), 2, "floor", 0.5 - 2.0 ** -3)]
+    for shape, shift, rounding, offset in cases:
+        scale = torch.rand(shape[0], generator=torch.Generator().manual_seed(shift)).add(0.5).mul(0.006).view(-1, 1, 1, 1)
+        x = boundary_values(scale, shape, shift, seed=12 + shift)
+        grad = upstream_gradient(shape, 12)
         qmin, qmax = -(1 << (7 - shift)), (1 << (7 - shift)) - 1
-        fused = run("fused", x, scale, qmin, qmax, shift, "half_even", 0.0, grad)
+        fused = run("fused", x, scale, qmin, qmax, shift, rounding, offset, grad)
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile failure here would be a failure
-            compiled = run("compiled", x, scale, qmin, qmax, shift, "half_even", 0.0, grad)
+            compiled = run("compiled", x, scale, qmin, qmax, shift, rounding, offset, grad)
         assert fake_quant_path() == "compiled"
         for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-            assert_same_bits(a, b, f"compiled {name}, shift {shift}")
+            assert_same_bits(a, b, f"compiled {name}, shift {shift}, {rounding}, offset {offset}")
+    scale = torch.tensor(0.0213)
+    x = boundary_values(scale, (4, 6, 5, 5), 0, seed=3).abs()
+    grad = upstream_gradient((4, 6, 5, 5), 3)
+    for bits in (8, 2):
+        fused = run("fused", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
+        compiled = run("compiled", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
+        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+            assert_same_bits(a, b, f"compiled activation {name}, {bits} bits")
 
 
 def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch):

@@ -232,7 +232,8 @@ def fake_quant_path() -> str:
 def use_compile(enabled: bool = True) -> None:
     """Run the fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels (opt-in).
 
-    Compiling costs seconds on first use per shape and bit-width, then runs the op in one fused loop;
+    Compiling costs seconds on first use per kernel variant (not per shape or bit-width: the kernels are
+    shape-generic), then runs the op in one fused loop;
     ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit (the
     reduction of the scale gradient stays eager). Where no compiler works, the first call says so in one
     warning line and the eager fused path takes over. ``use_compile(False)`` returns to the fused eager default.
@@ -242,10 +243,12 @@ def use_compile(enabled: bool = True) -> None:
     use_fused_double_round(enabled)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     if enabled and not _COMPILED:
-        _COMPILED.update({name: torch.compile(kernel, dynamic=False) for name, kernel in
-                          (("forward", _forward_kernel), ("backward", _elementwise_backward_kernel))})
+        # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
+        # (kernel, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale), not per shape and bit.
+        _COMPILED.update({name: torch.compile(kernel, dynamic=True) for name, kernel in
+                          (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
     if enabled:
-        _KERNELS.update(forward=_COMPILED["forward"], backward=_compiled_backward, path="compiled")
+        _KERNELS.update(forward=_compiled_forward, backward=_compiled_backward, path="compiled")
     else:
         _KERNELS.update(forward=_forward_kernel, backward=_backward_kernel, path="fused")
 
@@ -259,21 +262,58 @@ def compile_error() -> str | None:
     return _COMPILE_FAILURE["error"]
 
 
-def _elementwise_backward_kernel(grad, x, scale, qmin: int, qmax: int, shift: int, rounding: str, offset: float):
+_SETTINGS: dict[tuple, torch.Tensor] = {}
+
+
+def _settings(qmin: int, qmax: int, shift: int, offset: float, like: torch.Tensor) -> torch.Tensor:
+    """[qmin, qmax, 2^−Δ, 2^Δ, INT-h low bound, INT-h high bound, offset] as a tensor (not compiled in)."""
+    key = (qmin, qmax, shift, offset, like.dtype, like.device)
+    if key not in _SETTINGS:
+        step = 1 << shift
+        _SETTINGS[key] = torch.tensor([qmin, qmax, 1.0 / step, step, qmin * step, (qmax + 1) * step - 1, offset],
+                                      dtype=like.dtype, device=like.device)
+    return _SETTINGS[key]
+
+
+def _round_scaled(scaled: torch.Tensor, rounding: str) -> torch.Tensor:
+    if rounding == "half_even":
+        return torch.round(scaled)
+    if rounding == "half_up":
+        return torch.floor(scaled + 0.5)
+    return torch.floor(scaled)
+
+
+def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool):
+    """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``."""
+    first = torch.round(x * scale.reciprocal())
+    codes = torch.clamp(_round_scaled(first * settings[2], rounding) if shifted else first, settings[0], settings[1])
+    if centred:
+        codes = codes + settings[6]
+    return codes * (scale * settings[3])
+
+
+def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
     """:func:`_backward_kernel` up to the reduction: (grad_x, per-element scale gradient), for ``torch.compile``."""
     v = x * scale.reciprocal()
     first = torch.round(v)
-    unclipped = shift_round_float(first, shift, rounding)
-    codes = unclipped.clamp(qmin, qmax)
+    unclipped = _round_scaled(first * settings[2], rounding) if shifted else first
+    codes = torch.clamp(unclipped, settings[0], settings[1])
     outside = unclipped != codes
-    if shift:
-        outside = outside | stored_code_saturated(first, qmin, qmax, shift)
-    codes = codes + offset if offset else codes
-    return grad.masked_fill(outside, 0.0), (codes * (2.0 ** shift) - v.masked_fill(outside, 0.0)) * grad
+    if shifted:
+        outside = outside | (first < settings[4]) | (first > settings[5])
+    if centred:
+        codes = codes + settings[6]
+    return grad.masked_fill(outside, 0.0), (codes * settings[3] - v.masked_fill(outside, 0.0)) * grad
+
+
+def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
+    return _COMPILED["forward"](x, scale, _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0,
+                                bool(offset))
 
 
 def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
-    grad_x, per_element = _COMPILED["backward"](grad, x, scale, qmin, qmax, shift, rounding, offset)
+    grad_x, per_element = _COMPILED["backward"](grad, x, scale, _settings(qmin, qmax, shift, offset, scale), rounding,
+                                                shift > 0, bool(offset))
     return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
 
 

@@ -361,12 +361,83 @@ def _screenshot(page, name: str, record_property) -> Path:
     return path
 
 
+def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, record_property,
+                         shots: list[Path]) -> tuple[str, str]:
+    """Move the first precision slider of the page by keyboard: its readout and its figures must change, the key's
+    direction must show in the bits read out, the key back must return it; then :data:`OTHER_SLIDERS`. Returns the
+    readout before and after the first move; screenshots go to ``shots``."""
+    from playwright.sync_api import expect
+
+    # The first output area holding the slider; the readout and the figures (all of them: the change may
+    # show in any) are looked up inside that same output.
+    output = page.locator(".jp-OutputArea-output", has=page.locator(WIDGET)).first
+    handle = output.locator(f"{WIDGET} .noUi-handle").first
+    readout = output.locator(READOUT).first
+    figure = output.locator(FIGURE).first
+    handle.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+    readout.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+    figure.locator("svg.main-svg path").first.wait_for(state="attached", timeout=WIDGET_RENDER_S * 1000)
+    output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
+
+    before_text = readout.inner_text().strip()
+    before_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+    if not before_text:
+        raise AssertionError("the readout is empty before the slider moves")
+    if readout_pattern and not re.search(readout_pattern, before_text):
+        raise AssertionError(f"the readout {before_text!r} does not match {readout_pattern!r}")
+    shots.append(_screenshot(page, f"{notebook}-before", record_property))
+
+    # Move the slider one step with the keyboard: left (a lower precision) unless it is at the left end;
+    # the key back, below, checks the other direction.
+    position = handle.get_attribute("aria-valuenow")
+    key = "ArrowLeft" if float(position) > float(handle.get_attribute("aria-valuemin")) else "ArrowRight"
+    handle.focus()
+    handle.press(key)
+    expect(handle).not_to_have_attribute("aria-valuenow", position, timeout=5_000)
+    moved_to = handle.get_attribute("aria-valuenow")
+    assert (float(moved_to) > float(position)) == (key == "ArrowRight"), (key, position, moved_to)
+
+    # innerText, as read above (textContent would differ at every <br> and pass at once).
+    expect(readout).not_to_have_text(before_text, use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+    after_text = readout.inner_text().strip()
+    deadline = time.monotonic() + FIGURE_CHANGE_S
+    after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+    while after_figure == before_figure and time.monotonic() < deadline:
+        time.sleep(0.25)
+        after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
+    if after_figure == before_figure:
+        raise AssertionError(f"the readout changed but the figure did not within {FIGURE_CHANGE_S}s "
+                             "of the slider move")
+    if readout_pattern and not re.search(readout_pattern, after_text):
+        raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
+    output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
+    shots.append(_screenshot(page, f"{notebook}-after", record_property))
+
+    # Left to right is low to high precision: the key's direction shows in the bit-width read out, and
+    # the opposite key comes back to where the slider started.
+    bits_pattern = READOUT_BITS.get(notebook)
+    if bits_pattern:
+        before_bits, after_bits = (_readout_bits(text, bits_pattern) for text in (before_text, after_text))
+        if (after_bits > before_bits) != (key == "ArrowRight"):
+            raise AssertionError(f"{key} moved the bit-width from {before_bits} to {after_bits}: the slider "
+                                 "must run from the lowest precision (left) to the highest (right)")
+        back = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
+        handle.press(back)
+        expect(handle).to_have_attribute("aria-valuenow", position, timeout=5_000)
+        expect(readout).to_have_text(re.compile(bits_pattern.replace(r"(\d+)", str(before_bits))),
+                                     use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+
+    for slider, other_readout, pattern in OTHER_SLIDERS.get(notebook, []):
+        _move_by_keyboard(page, slider, other_readout, pattern)
+    return before_text, after_text
+
+
 # ----------------------------------------------------------------------------------------------------- test
 
 
 @pytest.mark.parametrize("notebook", list(BROWSER_NOTEBOOKS))
 def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record_property, capsys):
-    from playwright.sync_api import Error as PlaywrightError, expect
+    from playwright.sync_api import Error as PlaywrightError
 
     assert (NOTEBOOKS_DIR / f"{notebook}.ipynb").is_file(), (
         f"notebooks/{notebook}.ipynb is listed in BROWSER_NOTEBOOKS (tests/test_browser.py) but does not exist")
@@ -396,67 +467,8 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
             assert outcome == "done", f"Run All Cells: {outcome} (limit {RUN_ALL_S}s)"
             _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after Run All Cells")
 
-            # The first output area holding the slider; the readout and the figures (all of them: the change may
-            # show in any) are looked up inside that same output.
-            output = page.locator(".jp-OutputArea-output", has=page.locator(WIDGET)).first
-            handle = output.locator(f"{WIDGET} .noUi-handle").first
-            readout = output.locator(READOUT).first
-            figure = output.locator(FIGURE).first
-            handle.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
-            readout.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
-            figure.locator("svg.main-svg path").first.wait_for(state="attached", timeout=WIDGET_RENDER_S * 1000)
-            output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
-
-            before_text = readout.inner_text().strip()
-            before_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
-            if not before_text:
-                raise AssertionError("the readout is empty before the slider moves")
-            if readout_pattern and not re.search(readout_pattern, before_text):
-                raise AssertionError(f"the readout {before_text!r} does not match {readout_pattern!r}")
-            shots.append(_screenshot(page, f"{notebook}-before", record_property))
-
-            # Move the slider one step with the keyboard: left (a lower precision) unless it is at the left end;
-            # the key back, below, checks the other direction.
-            position = handle.get_attribute("aria-valuenow")
-            key = "ArrowLeft" if float(position) > float(handle.get_attribute("aria-valuemin")) else "ArrowRight"
-            handle.focus()
-            handle.press(key)
-            expect(handle).not_to_have_attribute("aria-valuenow", position, timeout=5_000)
-            moved_to = handle.get_attribute("aria-valuenow")
-            assert (float(moved_to) > float(position)) == (key == "ArrowRight"), (key, position, moved_to)
-
-            # innerText, as read above (textContent would differ at every <br> and pass at once).
-            expect(readout).not_to_have_text(before_text, use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
-            after_text = readout.inner_text().strip()
-            deadline = time.monotonic() + FIGURE_CHANGE_S
-            after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
-            while after_figure == before_figure and time.monotonic() < deadline:
-                time.sleep(0.25)
-                after_figure = output.evaluate(JS_FIGURE_SIGNATURE, FIGURE)
-            if after_figure == before_figure:
-                raise AssertionError(f"the readout changed but the figure did not within {FIGURE_CHANGE_S}s "
-                                     "of the slider move")
-            if readout_pattern and not re.search(readout_pattern, after_text):
-                raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
-            output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
-            shots.append(_screenshot(page, f"{notebook}-after", record_property))
-
-            # Left to right is low to high precision: the key's direction shows in the bit-width read out, and
-            # the opposite key comes back to where the slider started.
-            bits_pattern = READOUT_BITS.get(notebook)
-            if bits_pattern:
-                before_bits, after_bits = (_readout_bits(text, bits_pattern) for text in (before_text, after_text))
-                if (after_bits > before_bits) != (key == "ArrowRight"):
-                    raise AssertionError(f"{key} moved the bit-width from {before_bits} to {after_bits}: the slider "
-                                         "must run from the lowest precision (left) to the highest (right)")
-                back = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
-                handle.press(back)
-                expect(handle).to_have_attribute("aria-valuenow", position, timeout=5_000)
-                expect(readout).to_have_text(re.compile(bits_pattern.replace(r"(\d+)", str(before_bits))),
-                                             use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
-
-            for slider, other_readout, pattern in OTHER_SLIDERS.get(notebook, []):
-                _move_by_keyboard(page, slider, other_readout, pattern)
+            before_text, after_text = _drive_switch_widget(page, notebook, readout_pattern, record_property,
+                                                           shots)
         except (AssertionError, PlaywrightError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             try:
@@ -481,3 +493,168 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
         print(f"\n[browser] {notebook}: readout {before_text!r} -> {after_text!r} "
               f"({time.monotonic() - started:.1f}s); screenshots: " + ", ".join(str(s) for s in shots))
 
+
+
+# --------------------------------------------------------------------------------- live training (notebook 03)
+
+# The notebook with a live training run, the source text that finds its training cell and the cell that opens the
+# trained model in the switchboard, the name of the loss trace that is counted (one point per step) and the
+# progress bar's description.
+LIVE_NOTEBOOK = "03_cifar10_joint_training"
+LIVE_CELL = "train_live("
+LIVE_BOARD_CELL = "precision_switchboard(live_model"
+LIVE_TRACE = "8-bit"
+LIVE_BAR = "joint training"
+LIVE_RUN_S = 420  # smoke: a 3-step fine-tune plus loading the data and the model, on 2 busy CPU cores
+READOUT_BITS[LIVE_NOTEBOOK] = r"at INT(\d+) \(uniform\)"
+
+JS_FIND_CELL = """(text) => {
+  const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type === 'code' && cell.sharedModel.getSource().includes(text)) return i;
+  }
+  return -1;
+}"""
+
+# Run every cell above `index` (JupyterLab's "Run All Above Selected Cell") without waiting for it here.
+JS_RUN_ABOVE = """(index) => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  panel.content.activeCellIndex = index;
+  window.__labkitRun = 'running';
+  window.jupyterapp.commands.execute('notebook:run-all-above').then(
+    ok => { window.__labkitRun = ok === false ? 'failed' : 'done'; },
+    err => { window.__labkitRun = 'failed: ' + err; });
+  return true;
+}"""
+
+# Every 50 ms, in the page: the number of points of the loss trace in the live cell's figure, and the text of its
+# progress bar ("n/total"), each recorded when it changes.
+JS_WATCH_LIVE = """([index, traceName, barText]) => {
+  const live = window.__labkitLive = {points: [], bar: [], evaluated: 0};
+  window.__labkitLiveTimer = setInterval(() => {
+    const cell = window.jupyterapp.shell.currentWidget.content.widgets[index].node;
+    const gd = cell.querySelector('.js-plotly-plot');
+    if (gd && gd.data) {
+      const trace = gd.data.find(d => d.name === traceName);
+      const n = trace && trace.x ? trace.x.length : 0;
+      if (!live.points.length || live.points[live.points.length - 1] !== n) live.points.push(n);
+      live.evaluated = gd.data.filter(d => d.name.startsWith(traceName + ' ') && d.mode === 'markers+lines')
+                              .reduce((sum, d) => sum + (d.x ? d.x.length : 0), 0);
+    }
+    // tqdm pads its text with figure spaces (U+2007): JavaScript's \\s matches them
+    const text = Array.from(cell.querySelectorAll('.widget-hbox')).map(b => b.textContent.replace(/\\s+/g, ' '))
+                      .find(t => t.includes(barText));
+    const match = text && text.match(/(\\d+)\\/(\\d+)/);
+    if (match && live.bar[live.bar.length - 1] !== match[0]) live.bar.push(match[0]);
+  }, 50);
+  return true;
+}"""
+
+
+def test_live_training_in_a_real_browser(browser, lab_server, record_property, capsys):
+    """Notebook 03's live run at the smoke profile: the figure's loss trace grows while it trains, the progress
+    bar reaches its end, the test accuracies appear, and the trained model then opens in the switchboard, whose
+    slider is driven by keyboard as in the test above."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    notebook = LIVE_NOTEBOOK
+    assert (NOTEBOOKS_DIR / f"{notebook}.ipynb").is_file(), f"notebooks/{notebook}.ipynb does not exist"
+    for old in ARTIFACTS.glob(f"{notebook}-*.png"):
+        old.unlink()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    shots: list[Path] = []
+    started = time.monotonic()
+    live: dict = {}
+    try:
+        try:
+            page.goto(lab_server.notebook_url(notebook), timeout=PAGE_LOAD_S * 1000, wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook", timeout=PAGE_LOAD_S * 1000)
+            _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after opening the notebook")
+            live_cell, board_cell = (page.evaluate(JS_FIND_CELL, text) for text in (LIVE_CELL, LIVE_BOARD_CELL))
+            if live_cell < 0 or board_cell < live_cell:
+                raise AssertionError(f"notebook {notebook} has no code cell with {LIVE_CELL!r} followed by one "
+                                     f"with {LIVE_BOARD_CELL!r} (found cells {live_cell}, {board_cell})")
+
+            page.evaluate(JS_WATCH_LIVE, [live_cell, LIVE_TRACE, LIVE_BAR])
+            page.evaluate(JS_RUN_ABOVE, board_cell + 1)  # everything up to the switchboard of the trained model
+            deadline = time.monotonic() + LIVE_RUN_S
+            mid_shot = False
+            while page.evaluate("() => window.__labkitRun") == "running" and time.monotonic() < deadline:
+                live = page.evaluate("() => window.__labkitLive")
+                final_total = int(live["bar"][-1].split("/")[1]) if live["bar"] else None
+                if not mid_shot and final_total and any(0 < n < final_total for n in live["points"]):
+                    page.evaluate("(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
+                                  ".scrollIntoView({block: 'start'})", live_cell)
+                    shots.append(_screenshot(page, f"{notebook}-live-training", record_property))
+                    mid_shot = True
+                time.sleep(0.25)
+            outcome = page.evaluate("() => window.__labkitRun")
+            _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after the live run")
+            time.sleep(1.0)  # the last figure update after the run
+            live = page.evaluate("() => (clearInterval(window.__labkitLiveTimer), window.__labkitLive)")
+            errors = page.evaluate(JS_CELL_ERRORS)
+            if errors:
+                raise AssertionError("cells raised in the browser run:\n" + "\n".join(
+                    f"  cell {e['cell']}: {e['ename']}: {e['evalue']}\n{ANSI.sub('', e['traceback'])}"
+                    for e in errors))
+            assert outcome == "done", f"running the cells up to the switchboard: {outcome} (limit {LIVE_RUN_S}s)"
+
+            # The bar counted every step; the loss trace grew while the model trained, one point per step.
+            if not live["bar"]:
+                shown = page.evaluate("(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
+                                      ".querySelectorAll('.jp-OutputArea-output').values().map(o => [o.firstElementChild && "
+                                      "o.firstElementChild.className, o.innerText.slice(0, 300)]).toArray()", live_cell)
+                raise AssertionError(f"no progress bar '{LIVE_BAR} … n/total' in the live cell; its output: {shown}")
+            done, total = map(int, live["bar"][-1].split("/"))
+            if done != total or total < 2:
+                raise AssertionError(f"the progress bar ended at {live['bar'][-1]} (seen: {live['bar']})")
+            points = live["points"]
+            if points != sorted(set(points)) or not points or points[-1] != total:
+                raise AssertionError(f"the {LIVE_TRACE} loss trace had {points} points over the run; expected it "
+                                     f"to grow to one per step ({total})")
+            if not any(0 < n < total for n in points):
+                raise AssertionError(f"the live figure showed {points} loss points: it never updated while the "
+                                     "model trained, only at the end")
+            if live["evaluated"] < 1:
+                raise AssertionError("the live figure shows no test-set accuracy after the run")
+            if not mid_shot:
+                raise AssertionError("no screenshot while training (the figure had no intermediate state)")
+            page.evaluate("(i) => window.jupyterapp.shell.currentWidget.content.widgets[i].node"
+                          ".scrollIntoView({block: 'start'})", live_cell)
+            shots.append(_screenshot(page, f"{notebook}-live-trained", record_property))
+
+            # Then the trained model in the switchboard (the first precision slider of the page).
+            board = page.locator(".jp-Cell").nth(board_cell).locator(f"{WIDGET} .noUi-handle")
+            board.first.wait_for(state="visible", timeout=WIDGET_RENDER_S * 1000)
+            before_text, after_text = _drive_switch_widget(page, notebook, r"Accuracy \d+\.\d+ %", record_property,
+                                                           shots)
+        except (AssertionError, PlaywrightError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            try:
+                shots.append(_screenshot(page, f"{notebook}-failure", record_property))
+            except PlaywrightError:
+                pass
+        else:
+            failure = None
+    finally:
+        context.close()
+        lab_server.shut_down_kernels()
+    if failure:
+        details = [f"browser test of the live training in notebooks/{notebook}.ipynb failed", failure,
+                   f"live figure / bar as seen: {live}"]
+        if shots:
+            details.append("screenshots: " + ", ".join(str(s) for s in shots))
+        if page_errors:
+            details.append("page errors: " + " | ".join(page_errors[:5]))
+        details.append("jupyter lab log (tail):\n" + lab_server.log_tail())
+        pytest.fail("\n".join(details), pytrace=False)
+
+    with capsys.disabled():
+        print(f"\n[browser] {notebook} live run: loss points {live['points']}, bar {live['bar']}; switchboard "
+              f"{before_text!r} -> {after_text!r} ({time.monotonic() - started:.1f}s); screenshots: "
+              + ", ".join(str(s) for s in shots))

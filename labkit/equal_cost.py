@@ -173,7 +173,7 @@ def cost_pareto_figure(records: list[dict], rows: list[dict], title: str | None 
                                        color=colour, line=dict(width=1, color="#333")),
                            hovertemplate=f"{row['name']}: " + "%{x:.3f} GBitOPs, %{y:.1f} %<extra></extra>")
     figure.add_vline(x=reference["bitops"] / 1e9, line_dash="dash", line_color="#555",
-                     annotation_text=f"BitOPs of {reference['name']}", annotation_position="bottom right")
+                     annotation_text=f"BitOPs of {reference['name']}", annotation_position="top right")
     figure.update_layout(title=title or "SubNets of one SuperNet: accuracy against cost (BitOPs per image)",
                          xaxis_title="GBitOPs per image (Σ MACs · b², first and last layer at 32 bits)",
                          yaxis_title="top-1 accuracy (%)", template="plotly_white", height=460,

@@ -446,7 +446,7 @@ def accuracy_figure(records: list[dict], title: str = "CIFAR-10 ResNet-20: top-1
             elif fp32 is not None and bits not in fp32_off_scale:
                 fp32_off_scale.append(bits)
             # at least MIN_SPAN points wide: a 0.1-point gap must not fill the panel
-            pad = max((MIN_SPAN - (top - low)) / 2, 0.0) + 0.3
+            pad = max((MIN_SPAN - (top - low)) / 2, 0.0) + max(0.3, 0.05 * (top - low))
             figure.update_xaxes(range=[low - pad, top + pad], row=row_index, col=col)
         figure.update_yaxes(title_text=f"{{{','.join(map(str, bit_set))}}}", row=row_index, col=first_col)
     notes = ["Dot: mean over seeds; bar: ±1 sd over seeds (none with one seed)."]
@@ -573,23 +573,27 @@ def comparisons_table(comparisons: list[dict], bit_set=(8, 6, 4, 2)) -> str:
 
 
 def comparison_sentence(comparison: dict) -> str:
-    """One comparison in words, each bit with its interval and verdict ("not resolved at this budget" unless the
-    95 % interval excludes zero); a stale or unmeasured comparison says so instead of giving numbers."""
-    from labkit.statistics import NOT_RESOLVED
+    """One comparison in words: each bit's mean difference with its 95 % interval, then the verdict — "real" only
+    where the interval excludes zero, "not resolved at this budget" otherwise (always with one seed); a stale or
+    unmeasured comparison says so instead of giving numbers."""
+    from labkit.statistics import NOT_RESOLVED, REAL
 
     if comparison["status"] == "stale":
         return f"{comparison['label']}: not compared (stale rows, to be re-measured with the fair set-up)"
     if comparison["status"] == "not measured" or not comparison["differences"]:
         return f"{comparison['label']}: not measured yet"
-    parts = []
-    for bits, difference in comparison["differences"].items():
-        if difference.low is None:
-            parts.append(f"{bits}-bit {difference.mean:+.2f} (one seed: {NOT_RESOLVED})")
-        else:
-            parts.append(f"{bits}-bit {difference.mean:+.2f} (95 % interval {difference.low:+.2f} to "
-                         f"{difference.high:+.2f}: {difference.verdict()})")
-    n = max(d.n for d in comparison["differences"].values())
-    return f"{comparison['label']} over {_seeds_text(n)}: " + "; ".join(parts)
+    differences = comparison["differences"]
+    n = max(d.n for d in differences.values())
+    if n < 2:
+        values = ", ".join(f"{bits}-bit {d.mean:+.2f}" for bits, d in differences.items())
+        return f"{comparison['label']}: {values} from one seed, so {NOT_RESOLVED}"
+    values = ", ".join(f"{bits}-bit {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None
+                       else f"{bits}-bit {d.mean:+.2f} (one seed)" for bits, d in differences.items())
+    real = [bits for bits, d in differences.items() if d.verdict() == REAL]
+    unresolved = [bits for bits in differences if bits not in real]
+    verdicts = ([f"real at {', '.join(map(str, real))} bits"] if real else []) + \
+        ([f"{NOT_RESOLVED} at {', '.join(map(str, unresolved))} bits"] if unresolved else [])
+    return f"{comparison['label']} over {_seeds_text(n)} (95 % intervals): {values}; " + "; ".join(verdicts)
 
 
 def budget_sentence(records: list[dict]) -> str:

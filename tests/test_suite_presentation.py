@@ -94,11 +94,14 @@ def test_the_comparisons_table_and_sentences_cite_an_interval_or_say_not_resolve
     assert "stale" in floor and "17.7" not in floor and "[" not in floor
     by_label = {c["label"]: c for c in comparisons}
     sentence = comparison_sentence(by_label["ALRS − no ALRS, {8,6,4,2}"])
-    assert "over 3 seeds" in sentence and "95 % interval" in sentence and "2-bit" in sentence
-    assert "8-bit +0.00" not in sentence and sentence.count("not resolved at this budget") == 3
+    d = by_label["ALRS − no ALRS, {8,6,4,2}"]["differences"]
+    assert "over 3 seeds (95 % intervals)" in sentence
+    assert f"2-bit {d[2].mean:+.2f} [{d[2].low:+.2f}, {d[2].high:+.2f}]" in sentence
+    assert sentence.endswith("real at 2 bits; not resolved at this budget at 8, 6, 4 bits")
     one_seed = paired_comparisons(collect(root), accuracy_by_seed(root),
                                   [("one seed", "432-alrs-a2", "432-alrs-a2")])[0]
-    assert "one seed: not resolved at this budget" in comparison_sentence(one_seed)
+    assert comparison_sentence(one_seed) == ("one seed: 4-bit +0.00, 3-bit +0.00, 2-bit +0.00 from one seed, so "
+                                             "not resolved at this budget")
     assert "not compared (stale" in comparison_sentence(by_label["Double Rounding − floor truncation"])
 
 

@@ -274,3 +274,25 @@ def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch):
     assert fake_quant_path() == "fused" and "InvalidCxxCompiler" in lsq.compile_error()
     for name, a, b in zip(("output", "grad_x", "grad_scale"), got, expected):
         assert_same_bits(a, b, f"fallback {name}")
+
+
+def test_activation_first_use_check_follows_the_buffer():
+    """The first-use check reads ``initialized`` only when it changed, and still sees every change: the scale is
+    set at first use, kept after, set again after ``initialized.fill_(False)``, and kept after a state load."""
+    from labkit.quant import ActivationQuantizer
+
+    quantizer = ActivationQuantizer((8, 4))
+    x = torch.rand(2, 3, 4, 4) * 3
+    quantizer(x, 8)
+    first = float(quantizer.scale["8"])
+    assert quantizer.is_initialized(8) and not quantizer.is_initialized(4)
+    quantizer(x * 10, 8)
+    assert float(quantizer.scale["8"]) == first  # initialised once
+    quantizer.initialized.fill_(False)
+    quantizer(x * 10, 8)
+    assert float(quantizer.scale["8"]) == pytest.approx(first * 10, rel=1e-6)  # re-initialised from the new data
+    fresh = ActivationQuantizer((8, 4))
+    fresh(x, 8)
+    fresh.load_state_dict(quantizer.state_dict())
+    fresh(x, 8)
+    assert float(fresh.scale["8"]) == pytest.approx(first * 10, rel=1e-6) and fresh.is_initialized(8)

@@ -41,6 +41,20 @@ class ActivationQuantizer(nn.Module):
         self.scale = nn.ParameterDict({str(b): nn.Parameter(torch.ones(())) for b in self.bit_set})
         self.offset = nn.ParameterDict({str(b): nn.Parameter(torch.zeros(())) for b in self.bit_set}) if self.signed else None
         self.register_buffer("initialized", torch.zeros(len(self.bit_set), dtype=torch.bool))
+        self._flags_seen: tuple | None = None  # ((id, version) of `initialized`, its values) last read
+
+    def is_initialized(self, bits: int) -> bool:
+        """Whether the scale of ``bits`` was set from data. Reads the ``initialized`` buffer only when it changed
+        (its version counter moved, or it was replaced), so a forward pass does not wait for a GPU to answer."""
+        index = self.index(bits)
+        flags = self.initialized
+        try:
+            key = (id(flags), flags._version)
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: read it
+            return bool(flags[index])
+        if self._flags_seen is None or self._flags_seen[0] != key:
+            self._flags_seen = (key, flags.tolist())
+        return self._flags_seen[1][index]
 
     def index(self, bits: int) -> int:
         return self.bit_set.index(check_bits(bits, allowed=self.bit_set))
@@ -83,8 +97,7 @@ class ActivationQuantizer(nn.Module):
         self.initialized[index] = True
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        index = self.index(bits)
-        if not bool(self.initialized[index]):
+        if not self.is_initialized(bits):
             self.initialize(x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)
         # N of LSQ's g = 1/sqrt(N p) is the activations this scale covers in the (global) batch.

@@ -5,8 +5,12 @@ the random parts of the initialisation), so their difference is measured seed by
 every seed k both rows have. Over the n paired seeds the mean difference is ``d̄``, its sample standard
 deviation ``s_d`` (n − 1 in the denominator) and the 95 % interval ``d̄ ± t_{0.975, n−1} · s_d / √n`` — the
 interval of the paired t-test (``scipy.stats.ttest_rel``). A difference is called *real* only when that
-interval excludes zero; otherwise, and always with fewer than two paired seeds, it is *not resolved at this
-budget*.
+interval excludes zero *and* rests on at least :data:`MIN_SEEDS` (3) paired seeds with some spread between
+them; otherwise it is *not resolved at this budget*. (Two seeds give a t-interval, but one so wide or so
+fragile that the lab does not call anything on it; a zero spread gives a zero-width interval that means nothing.)
+The interval covers seed-to-seed variation only; each accuracy's own test-set sampling error (binomial, about
+±0.9 points for 10,000 images at 70 %) is shared by paired rows evaluated on the same images only in part, and
+no correction is made for the many comparisons a results page shows — read a lone "real" near zero with care.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from labkit.errors import LabkitError
 #: What a sentence may say about a difference whose interval contains zero (or that has fewer than 2 seeds).
 NOT_RESOLVED = "not resolved at this budget"
 REAL = "real"
+#: Fewest paired seeds on which a difference may be called real.
+MIN_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,10 @@ class PairedDifference:
 
     @property
     def resolved(self) -> bool:
-        """True when the interval exists and excludes zero."""
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        """True when the interval rests on ≥ MIN_SEEDS paired seeds with non-zero spread and excludes zero."""
+        if self.low is None or self.n < MIN_SEEDS or not self.sd:
+            return False
+        return self.low > 0 or self.high < 0
 
     def verdict(self) -> str:
         """``"real"`` when the interval excludes zero, else ``"not resolved at this budget"``."""

@@ -16,6 +16,13 @@ backward (Eq. 13–14, clipped straight-through estimator):
 - the scale gradient is summed to the scale's shape (per channel or per tensor) and multiplied by the
   LSQ gradient scale ``g`` (:func:`lsq_grad_scale`).
 
+Three paths compute the same values bit for bit (:func:`use_fake_quant_path`): ``"fused"`` (the default) computes
+the output, the scale-gradient residual and the mask in one forward, so the backward is two elementwise passes and
+the reduction (with one CPU thread 0.1–0.5× the time of PyTorch's learnable fused fake-quant ops; with two threads
+on a loaded machine its dozen short ops each wait for both threads: ``benchmarks/speed_results.md``); ``"recompute"`` (the previous default) saves only ``x`` and recomputes the codes
+in the backward (less memory); ``"compiled"`` (opt-in, :func:`use_compile`) runs the recompute formulas as
+``torch.compile`` kernels and falls back to ``"fused"`` with one warning line where no compiler works.
+
 ``grad_mode="reference"`` reproduces the authors' training code instead (METHOD.md §3 [ref-code]):
 ``v_l = x / (s · 2^Δ)`` with a single rounding in the gradient, no 2^Δ chain factor, and the scale
 gradient summed over the whole tensor, so per-channel scales move in lock-step.

@@ -176,10 +176,9 @@ def difference_verdict(a: float, b: float, images: int) -> dict:
 
 #: The comparisons :func:`post_training_summary` reads out: (what, method A, method B), A − B per bit.
 SUMMARY_COMPARISONS = (
-    ("Double Rounding − fair truncation (both + BN re-estimated)", "double_rounding", "floor"),
-    ("fair − naive truncation (the same codes, dequantized at the centre vs the bottom of their cells)",
-     "floor", "floor_naive"),
-    ("jointly trained − post-training Double Rounding + BN re-estimated", "jointly trained", "double_rounding"),
+    ("Double Rounding − fair truncation (both + BN)", "double_rounding", "floor"),
+    ("fair − naive truncation (same codes: cell centre vs bottom)", "floor", "floor_naive"),
+    ("jointly trained − post-training Double Rounding + BN", "jointly trained", "double_rounding"),
 )
 
 

@@ -367,11 +367,12 @@ def quant_error_figure(state: dict) -> go.Figure:
     figure.add_annotation(text=bars["note"], visible=bool(bars["note"]), xref="paper", yref="paper", x=0.5, y=0.5,
                           showarrow=False, font=dict(size=13, color="#444"), bgcolor="rgba(255,255,255,0.8)")
     figure.update_layout(
-        title=dict(text=quant_error_title(state), font=dict(size=13)), template="plotly_white",
+        title=dict(text=quant_error_title(state), font=dict(size=13), x=0.02, xanchor="left", y=0.97,
+                   yanchor="top"), template="plotly_white",
         xaxis=dict(title="quantized layer (execution order)", tickangle=-45),
         yaxis=dict(title=bars["yaxis_title"], type=bars["yaxis_type"], range=bars["yaxis_range"],
                    showticklabels=bars["yaxis_showticklabels"]),
-        width=820, height=380,
+        width=820, height=380, margin=dict(t=60, b=110, l=60, r=20),  # the title on the plot, no gap under it
     )
     return figure
 
@@ -420,9 +421,12 @@ def post_training_figure(records: list[dict], title: str = "An existing FP32 mod
     figure.update_yaxes(categoryorder="array", categoryarray=labels, showgrid=True, automargin=True)
     note = (f"Dot: top-1 on {images:,} test images; bar: ±1 binomial standard error of one measurement."
             + (f" Dashed: the FP32 model, {fp32:.1f} % (where it is near the dots)." if fp32 is not None else ""))
-    height = 170 + 44 * len(records)
+    top, bottom = 80, 100
+    height = top + bottom + 50 * len(records)
     figure.update_layout(title=dict(text=title, y=0.97, yanchor="top"), template="plotly_white", height=height,
-                         margin=dict(l=10, r=20, t=80, b=90))
-    figure.add_annotation(text=note, xref="paper", yref="paper", x=0, y=-70 / height, showarrow=False,
-                          xanchor="left", yanchor="top", align="left", font=dict(size=11, color="#555555"))
+                         margin=dict(l=10, r=20, t=top, b=bottom))
+    # paper coordinates count in plot-area heights: the note goes 72 px below the plot, under the axis titles
+    figure.add_annotation(text=note, xref="paper", yref="paper", x=0, y=-72 / (height - top - bottom),
+                          showarrow=False, xanchor="left", yanchor="top", align="left",
+                          font=dict(size=11, color="#555555"))
     return figure

@@ -415,7 +415,7 @@ def test_post_training_summary_says_not_resolved_where_a_difference_is_within_it
     text = post_training_summary(records)
     assert "400 test images" in text and "±2.0 points at 80 %" in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    truncation = rows["Double Rounding − fair truncation (both + BN re-estimated)"]
+    truncation = rows["Double Rounding − fair truncation (both + BN)"]
     assert "+0.5 ± 2.2 (not resolved)" in truncation and "+1.0 ± 2.9 (not resolved)" in truncation
     fair_naive = next(line for name, line in rows.items() if name.startswith("fair − naive"))
     assert "+68.0 ± 2.6 |" in fair_naive  # 68 points: resolved, no verdict after it
@@ -437,7 +437,10 @@ def test_post_training_figure_bars_are_one_binomial_standard_error():
     assert list(two.error_x.array) == pytest.approx([2.5, 1.5])
     assert list(eight.y) == ["Double Rounding + BN re-est.", "truncation, naive (cell bottom) + BN re-est."]
     assert [a.text for a in figure.layout.annotations][:2] == ["8-bit", "2-bit"]
-    assert "400 test images" in figure.layout.annotations[-1].text
+    note, layout = figure.layout.annotations[-1], figure.layout
+    assert "400 test images" in note.text
+    plot_height = layout.height - layout.margin.t - layout.margin.b  # paper y is in plot-area heights
+    assert note.yref == "paper" and note.yanchor == "top" and note.y * plot_height <= -60  # under the axis titles
     assert figure.layout.xaxis.range[0] <= 80.0 - 2.0 and figure.layout.xaxis.range[1] >= 90.0 + 1.5
     figure.to_json()
 

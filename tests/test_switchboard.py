@@ -231,6 +231,7 @@ def test_the_histograms_colour_is_explained_by_its_legend_and_matches_the_error_
     board.update(layer_bits={"layer2.0.conv1": 2})
     assert histogram.data[0].name == "2-bit codes" and histogram.data[0].marker.color == "#d62728"
     assert histogram.layout.margin.t <= 60  # the title sits on the plot, no gap of a third of the figure
+    assert errors.layout.margin.t <= 60
 
 
 def test_moving_the_slider_redraws_and_resets_every_layer(model, board):

@@ -455,8 +455,13 @@ def accuracy_figure(records: list[dict], title: str = "CIFAR-10 ResNet-20: top-1
                      + (f" (off the scale at {', '.join(f'{b}' for b in fp32_off_scale)} bits)." if fp32_off_scale
                         else "."))
     if stale:
-        notes.append("Not shown (stale, to be re-measured with the fair set-up): "
-                     + ", ".join(short_label(r) for r in stale) + ".")
+        names, line = [], "Not shown (stale, to be re-measured with the fair set-up):"
+        for label in [short_label(r) for r in stale]:
+            if len(line) + len(label) > 110:  # the annotation does not wrap by itself
+                names.append(line)
+                line = " "
+            line += f" {label},"
+        notes += names + [line.rstrip(",") + "."]
     rows_shown = sum(len(rows) + 1 for _, rows in facets)
     height = 230 + 30 * rows_shown
     figure.update_layout(title=dict(text=title, y=0.98, yanchor="top"), template="plotly_white", height=height,
@@ -551,8 +556,7 @@ def comparisons_table(comparisons: list[dict], bit_set=(8, 6, 4, 2)) -> str:
         if tuple(comparison.get("bit_set", bit_set)) != bit_set:
             continue
         if comparison["status"] != "measured":
-            text = ("stale: to be re-measured with the fair set-up" if comparison["status"] == "stale"
-                    else "not measured yet")
+            text = "stale rows: not compared" if comparison["status"] == "stale" else "not measured yet"
             lines.append(f"| {comparison['label']} | *{text}* |" + " |" * len(bit_set))
             continue
         cells, counts = [], set()

@@ -314,38 +314,26 @@ def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONF
 
 # ------------------------------------------------------------------------------------------- bf16 accuracy
 
-def _cifar_batches(steps: int, batch: int, seed: int):
-    from labkit.data import CIFAR10_MEAN, CIFAR10_STD, cifar10
+def _cifar_images(split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-augmented, normalised CIFAR-10 images (``cifar10_transforms(train=False)``) and labels."""
+    from labkit.data import cifar10, cifar10_transforms
 
-    train = cifar10("train", transform=None)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(train), generator=gen)[: steps * batch].tolist()
-    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
-    import numpy as np
-
-    def tensor(image):
-        return (torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1) - mean) / std
-
-    images = torch.stack([tensor(train[i][0]) for i in order])
-    labels = torch.tensor([train[i][1] for i in order])
-    return images.split(batch), labels.split(batch)
+    data = cifar10(split, transform=cifar10_transforms(train=False))
+    pairs = [data[i] for i in indices]
+    return torch.stack([image for image, _ in pairs]), torch.tensor([int(label) for _, label in pairs])
 
 
 def bf16_accuracy_section(quick: bool) -> dict:
     """FP32 fine-tuning from the shipped FP32 ResNet-20: the loss curve with bf16 autocast (and channels_last)
     against plain fp32, same seed, same batches, and top-1 on test images after."""
     from labkit.checkpoints import load_shipped
-    from labkit.data import CIFAR10_MEAN, CIFAR10_STD, cifar10
 
     start_load = load()
     steps, batch, test_images = (10, 64, 256) if quick else (100, 128, 2000)
-    batches, labels = _cifar_batches(steps, batch, seed=0)
-    test = cifar10("test", transform=None)
-    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
-    import numpy as np
-    test_x = torch.stack([(torch.from_numpy(np.asarray(test[i][0], dtype=np.float32) / 255.0).permute(2, 0, 1)
-                           - mean) / std for i in range(test_images)])
-    test_y = torch.tensor([test[i][1] for i in range(test_images)])
+    order = torch.randperm(50_000, generator=torch.Generator().manual_seed(0))[: steps * batch].tolist()
+    train_x, train_y = _cifar_images("train", order)
+    batches, labels = train_x.split(batch), train_y.split(batch)
+    test_x, test_y = _cifar_images("test", range(test_images))
     curves, accuracy, seconds = {}, {}, {}
     for config in ("fp32", "bf16", "bf16_channels_last"):
         options = CONFIGS[config]

@@ -407,7 +407,8 @@ def markdown(rows: dict, meta: dict) -> str:
             table = detail["ratio_by_path_method_bits"]
             extra = "; ".join(f"{k.replace('_wall', '')}: " + ", ".join(f"{b}b {v}" for b, v in table[k].items())
                               for k in table if k.endswith("_wall"))
-            extra += f" (CPU-time, default: {table['fused_dr_cpu' if 'fused_dr_cpu' in table else 'fused_cpu']})"
+            extra += (f" (CPU-time, default: {table['fused_dr_cpu' if 'fused_dr_cpu' in table else 'fused_cpu']}); "
+                      f"load {detail['load_average_start']}")
         elif name.startswith("joint_step"):
             extra = (f"joint {detail['joint_step_ms']:.0f} ms, FP32 {detail['fp32_step_ms']:.0f} ms "
                      f"({detail['fp32_images_per_s']} img/s); epoch FP32 {detail['fp32_epoch_s']} s, joint "
@@ -417,8 +418,9 @@ def markdown(rows: dict, meta: dict) -> str:
                 extra += "; other fake-quant paths: " + ", ".join(
                     f"{path} {value}" for path, value in detail["other_paths_vs_4x_fp32"].items())
         elif name.startswith("bf16"):
-            extra = f"top-1 after: {detail['test_top1_percent_after']}; loss first/last: " \
-                    f"{detail['mean_loss_first_last_window']}"
+            extra = (f"top-1 after ({detail['test_images']} test images): {detail['test_top1_percent_after']}; mean "
+                     f"loss first/last window: {detail['mean_loss_first_last_window']}; {detail['threads']} thread(s), "
+                     f"load {detail['load_average_start']}")
         met = {True: "yes", False: "NO"}.get(entry.get("met"), "–")
         lines.append(f"| `{name}` | {entry['value']:.3f} | {entry['goal']} | {met} | {extra} |")
     lines += ["", "Ratios are medians of per-round ratios of wall times taken side by side in one process "

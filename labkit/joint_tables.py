@@ -59,7 +59,8 @@ def shipped_model_summary(path: Path, record: dict, fp32_path: Path) -> str:
             f"{budget.get('train_images', '?'):,} training images in batches of {budget.get('batch_size', '?')} "
             f"({budget.get('steps', '?')} steps" + (f", {passes} passes per step" if passes else "") + ")")
     minutes = record.get("wall_time_s")
-    return (f"`{Path(path).name}` is {size / 1024:.0f} KiB, the FP32 `{Path(fp32_path).name}` {fp32_size / 1024:.0f} KiB "
+    return (f"`{Path(path).name}` is {size / 1024:.0f} KiB, "
+            f"the FP32 `{Path(fp32_path).name}` {fp32_size / 1024:.0f} KiB "
             f"({size / fp32_size:.2f}×). It was made by `{record.get('command', '?')}`: {made}, "
             f"{record.get('profile', '?')} profile, on {record.get('hardware', 'unrecorded hardware')}"
             + (f", in {minutes / 60:.0f} min" if minutes else "") + ".")

@@ -356,7 +356,8 @@ def markdown_table(records: list[dict], bits=(32, 8, 6, 4, 3, 2), paper: dict | 
             else:
                 cells.append("")
         seeds = f" ({_seeds_text(record.get('seeds', 1))})"
-        lines.append(f"| {record['label']}{seeds} | " + " | ".join(cells) + f" | {record['wall_time_s'] / 60:.0f} min |")
+        lines.append(f"| {record['label']}{seeds} | " + " | ".join(cells)
+                     + f" | {record['wall_time_s'] / 60:.0f} min |")
     return "\n".join(lines)
 
 
@@ -433,8 +434,9 @@ def accuracy_figure(records: list[dict], title: str = "CIFAR-10 ResNet-20: top-1
                     hovertemplate=f"%{{y}}, {bits}-bit: %{{x:.2f}} %% ± %{{customdata[1]:.2f}} "
                                   "(%{customdata[0]})<extra></extra>"), row=row_index, col=col)
                 legend_done.add(group)
-            ends = [(r["accuracy"][bits] - r.get("accuracy_sd", {}).get(bits, 0.0),
-                     r["accuracy"][bits] + r.get("accuracy_sd", {}).get(bits, 0.0)) for r in rows if bits in r["accuracy"]]
+            spread = [(r["accuracy"][bits], r.get("accuracy_sd", {}).get(bits, 0.0)) for r in rows
+                      if bits in r["accuracy"]]
+            ends = [(mean - sd, mean + sd) for mean, sd in spread]
             figure.update_yaxes(categoryorder="array", categoryarray=labels, showticklabels=col == first_col,
                                 showgrid=True, row=row_index, col=col)
             if not ends:
@@ -630,11 +632,13 @@ def suite_results(settings: dict, out_root=None, show_progress: bool = False) ->
         source = (f"measured rows committed in {RESULTS_DIR.relative_to(RESULTS_DIR.parents[2])} "
                   f"(trained by `labkit reproduce` at the suite budget)")
     else:
-        default = tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke" else RESULTS_DIR.parents[2] / "runs" / "suite-paper"
+        default = (tempfile.mkdtemp(prefix="labkit-suite-") if profile == "smoke"
+                   else RESULTS_DIR.parents[2] / "runs" / "suite-paper")
         root = Path(out_root or default)
         run_suite(root, None if rows == "all" else list(rows), profile=profile, show_progress=show_progress)
-        note = ("smoke budget: 256 training images, one epoch, 128 test images — these numbers only show that every "
-                "row runs" if profile == "smoke" else "the recipes' paper budget: 200 epochs, from the shipped FP32 model")
+        note = ("smoke budget: 256 training images, one epoch, 128 test images — these numbers only show that "
+                "every row runs" if profile == "smoke"
+                else "the recipes' paper budget: 200 epochs, from the shipped FP32 model")
         source = f"trained just now in {root} ({note})"
     records = collect(root)
     by_seed = accuracy_by_seed(root)

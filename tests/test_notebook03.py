@@ -22,7 +22,8 @@ def test_tables_are_rendered_as_markdown_not_printed():
         assert f"print({table}" not in sources, table
     (recipe,) = code_with("recipe_table(")
     assert [o.output_type for o in recipe.outputs] == ["display_data"]
-    assert "text/markdown" in recipe.outputs[0].data and "| `bits` | {8,6,4,2} |" in recipe.outputs[0].data["text/markdown"]
+    rendered = recipe.outputs[0].data
+    assert "text/markdown" in rendered and "| `bits` | {8,6,4,2} |" in rendered["text/markdown"]
 
 
 def test_the_live_run_is_opt_in_at_laptop_and_feeds_the_switchboard():

@@ -16,7 +16,8 @@ def test_a_hand_computed_case_that_is_not_resolved():
     difference = paired_difference({0: 10.0, 1: 12.0, 2: 14.0}, {0: 9.0, 1: 10.0, 2: 11.0})
     half = T_975[2] / math.sqrt(3)
     assert (difference.mean, difference.sd, difference.n) == (pytest.approx(2.0), pytest.approx(1.0), 3)
-    assert difference.low == pytest.approx(2.0 - half, abs=1e-5) and difference.high == pytest.approx(2.0 + half, abs=1e-5)
+    assert difference.low == pytest.approx(2.0 - half, abs=1e-5)
+    assert difference.high == pytest.approx(2.0 + half, abs=1e-5)
     assert difference.low < 0 < difference.high
     assert verdict(difference) == NOT_RESOLVED == "not resolved at this budget"
 

@@ -69,7 +69,9 @@ def suite_section() -> list[str]:
         "### What the rows say: paired differences over seeds", "",
         "Each cell is the mean of A − B over the seeds both rows have (seed k of A against seed k of B), in points of "
         "top-1, with its 95 % t-interval `[low, high]`. A difference is called **real** only where that interval "
-        "excludes zero; otherwise it is *not resolved at this budget* (always so with one seed). A comparison with a "
+        "excludes zero and rests on at least 3 paired seeds; otherwise it is *not resolved at this budget*. The "
+        "interval covers seed-to-seed spread only, and no correction is made for the many comparisons on this page. "
+        "A comparison with a "
         "stale row is not made.", "",
         comparisons_table(comparisons, (8, 6, 4, 2)), "",
         comparisons_table(comparisons, (4, 3, 2)), "",

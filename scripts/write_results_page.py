@@ -56,8 +56,10 @@ def suite_section() -> list[str]:
         + budget_sentence(records).split("; hardware:")[0] + f". Adam 5e-4 with cosine decay; the FP32 start is "
         f"`data/checkpoints/cifar10-resnet20-fp32.pt` ({first['fp32']:.2f} %). Budget recorded by the runs: "
         f"`{json.dumps(first['budget'])}`.",
-        f"**Hardware:** {first['hardware']}; 1 torch thread per run, two runs at a time sharing the 2 cores with "
-        f"other work ({hours:.1f} h of wall time for the {len(records)} configurations below, all seeds).",
+        f"**Hardware:** {first['hardware']}; 1 torch thread per run, the 2 cores shared with other work (load "
+        f"average 5–11 for the rows re-measured on 2026-12-01 with the fair set-up, AMD EPYC; the {{4,3,2}} and open "
+        f"rows not re-measured come from 2026-11-27, Intel Xeon, two runs at a time; each run's `run.json` names its "
+        f"machine); {hours:.1f} h of wall time for the {len(records)} configurations below, all seeds.",
         "**Command:** `LABKIT_PROFILE=laptop labkit reproduce --seeds 3 --publish` (resumable; run files in "
         "`docs/results/suite/<row>/` and `<row>-seed<k>/`).", "",
         "Top-1 (%) per bit-width, the mean over the row's seeds ± their sample standard deviation; in brackets the "
@@ -79,8 +81,9 @@ def suite_section() -> list[str]:
         "trains A.1 with batches of 32, so it has A.2's 312 steps on the same images and passes: \"A.1 at A.2's "
         "steps − A.1\" is what more steps give, \"A.2 − A.1 at A.2's number of steps\" what a step per precision "
         "gives. The paper's own ALRS gains (200 epochs, Table 4): +0.08/+0.12/−0.08/+0.52 on {8,6,4,2} and "
-        "+0.60/+0.85/+0.26 on {4,3,2}. The dedicated LSQ models are one model per bit-width, each trained with one "
-        "pass per step, so each gets a quarter of the joint row's compute.", "",
+        "+0.60/+0.85/+0.26 on {4,3,2}. The dedicated LSQ models are one model per bit-width, each trained for 4 "
+        "epochs (312 optimizer steps of one pass), so every dedicated model gets the joint row's steps and "
+        "compute — an upper reference at equal steps.", "",
         "**What the paper leaves open** (METHOD.md §4–5), the same way:", "",
         comparisons_table(open_questions, (8, 6, 4, 2)), "",
         comparisons_table(open_questions, (4, 3, 2)), "",

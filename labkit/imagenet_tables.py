@@ -24,8 +24,9 @@ def recipe_table(names, profile: str = "paper") -> str:
     for name in names:
         c = recipe_config(name, profile=profile)
         bits = "FP32" if c.bits is None else "{" + ",".join(str(b) for b in c.bits) + "}"
-        rows.append([f"`{name}`", f"`{c.model}`", bits, f"{c.optimizer.capitalize()}, lr {c.lr:g}, wd {c.weight_decay:g}",
-                     c.epochs, c.batch_size, f"Alg. {c.algorithm.upper().replace('A', 'A.')}", c.alrs])
+        optimizer = f"{c.optimizer.capitalize()}, lr {c.lr:g}, wd {c.weight_decay:g}"
+        rows.append([f"`{name}`", f"`{c.model}`", bits, optimizer, c.epochs, c.batch_size,
+                     f"Alg. {c.algorithm.upper().replace('A', 'A.')}", c.alrs])
     return markdown_table(["recipe", "model", "bits", "optimizer", "epochs", "global batch", "algorithm", "ALRS"],
                           rows, "llllrrll")
 
@@ -40,7 +41,7 @@ def class_table(targets, class_index) -> str:
 
 
 def _images(value) -> str:
-    return "every" if value is None else f"{value:,}"
+    return "all the" if value is None else f"{value:,}"
 
 
 def sentence_for_profile(settings: dict) -> str:
@@ -48,8 +49,9 @@ def sentence_for_profile(settings: dict) -> str:
     live = (f"the live fine-tune trains on {_images(settings['live_train_images'])} Imagenette images in batches "
             f"of {settings['live_batch_size']} at {settings['live_image_size']} px and then scores "
             f"{_images(settings['live_eval_images'])} images of each evaluation set")
-    return (f"Profile **{settings['profile']}**: the accuracy below is measured on {_images(settings['imagenette_images'])}"
-            f" Imagenette val images and {_images(settings['val_images'])} ImageNet val-sample images; {live}.")
+    return (f"Profile **{settings['profile']}**: the accuracy below is measured on "
+            f"{_images(settings['imagenette_images'])} Imagenette val images and {_images(settings['val_images'])} "
+            f"ImageNet val-sample images; {live}.")
 
 
 def checkpoint_sentence(record: dict, size_bytes: int) -> str:
@@ -60,8 +62,9 @@ def checkpoint_sentence(record: dict, size_bytes: int) -> str:
             f"{budget['steps']} steps of {budget['batch_size']} images ({budget['train_images']:,} Imagenette "
             f"training images, {budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}, "
             f"{budget['passes_per_step']} passes per step, one per bit-width) in {minutes:.0f} min "
-            f"({record['hardware']}). The file is {size_bytes / 2**20:.1f} MiB: INT8 codes for the quantized layers, FP32 first and last "
-            "layers, one batch norm per bit-width." + (f" Notes of the run: {record['notes']}" if record.get("notes") else ""))
+            f"({record['hardware']}). The file is {size_bytes / 2**20:.1f} MiB: INT8 codes for the quantized layers, "
+            "FP32 first and last layers, one batch norm per bit-width."
+            + (f" Notes of the run: {record['notes']}" if record.get("notes") else ""))
 
 
 def recorded_accuracy_rows(record: dict) -> list[dict]:

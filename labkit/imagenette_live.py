@@ -10,7 +10,9 @@ hands the trainer to :func:`labkit.live_training.train_live`. Nothing here chang
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ def live_finetune_trainer(train_images: int, batch_size: int, eval_images: int, 
 
     ``train_images // batch_size`` steps, each one forward/backward and one Adam step per bit-width, 8 → 2
     (Alg. A.2); then the four bit-widths are evaluated on ``eval_images`` images of each evaluation set. Writes
-    its checkpoint and log to ``out_dir`` (a new temporary folder by default).
+    its checkpoint and log to ``out_dir``; by default a new temporary folder, removed with the trainer.
     """
     for name, value in (("train_images", train_images), ("batch_size", batch_size), ("eval_images", eval_images),
                         ("image_size", image_size)):
@@ -52,13 +54,17 @@ def live_finetune_trainer(train_images: int, batch_size: int, eval_images: int, 
     config = recipe_config(RECIPE, profile, {"epochs": 1, "train_subset": train_images, "batch_size": batch_size,
                                              "eval_subset": eval_images, "image_size": image_size, "seed": seed,
                                              "checkpoint_every": 0})
-    out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="labkit-live-effnet-"))
     torch.manual_seed(seed)  # as labkit.train.run.train does before it builds the data and the model
     train_set, eval_sets, num_classes = build_datasets(config, data_root)
     if num_classes != IMAGENET_CLASSES:
         raise LabkitError(f"recipe {RECIPE} should score 1000 ImageNet classes, its data has {num_classes}.")
     model = build_model_for(config, num_classes)
-    return JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, show_progress=False)
+    temporary = out_dir is None
+    out_dir = Path(tempfile.mkdtemp(prefix="labkit-live-effnet-")) if temporary else Path(out_dir)
+    trainer = JointTrainer(model, config, train_set, eval_sets, out_dir, num_classes, show_progress=False)
+    if temporary:  # its checkpoint (~60 MB) goes with the trainer, or at the latest when the kernel exits
+        weakref.finalize(trainer, shutil.rmtree, out_dir, ignore_errors=True)
+    return trainer
 
 
 def result_rows(trainer: JointTrainer, result: dict) -> list[dict]:

@@ -201,7 +201,8 @@ def test_profile_and_checkpoint_sentences_say_the_budget():
     text = sentence_for_profile(laptop)
     assert "**laptop**" in text and f"{laptop['imagenette_images']} Imagenette val images" in text
     assert f"batches of {laptop['live_batch_size']} at {laptop['live_image_size']} px" in text
-    assert "every Imagenette val images" not in text and "every" in sentence_for_profile(notebook_settings("05", "paper"))
+    paper = sentence_for_profile(notebook_settings("05", "paper"))
+    assert "on all the Imagenette val images and all the ImageNet val-sample images" in paper
     record = {"command": "labkit train --recipe r", "profile": "laptop", "wall_time_s": 1174.2,
               "hardware": "CPU: X, 2 cores", "budget": {"steps": 16, "batch_size": 32, "train_images": 512,
                                                         "epochs": 1, "passes_per_step": 4,
@@ -257,6 +258,24 @@ def test_live_finetune_is_the_recipe_at_a_small_budget_and_its_result_is_the_tra
         assert row["images"] == 2
         assert row["accuracy"] == {b: final[f"{row['set']}_acc_{b}"] for b in (8, 6, 4, 2)}
     assert len(view.steps) == 1 and all(len(view.losses[b]) == 1 for b in (8, 6, 4, 2))
+    assert (tmp_path / "checkpoint.pt").is_file()  # a folder the caller gave is kept
+
+
+def test_live_finetune_removes_its_own_temporary_folder_with_the_trainer():
+    import gc
+
+    from labkit.config import data_root
+    from labkit.imagenette_live import live_finetune_trainer
+
+    if not (data_root() / "imagenette").is_dir():
+        pytest.skip(f"no Imagenette under LABKIT_DATA={data_root()}")
+    trainer = live_finetune_trainer(train_images=4, batch_size=4, eval_images=2, image_size=64, profile="smoke")
+    folder = trainer.out_dir
+    trainer.save_checkpoint()
+    assert (folder / "checkpoint.pt").is_file()
+    del trainer
+    gc.collect()
+    assert not folder.exists()
 
 
 # ------------------------------------------------------------------------------------------ the notebook

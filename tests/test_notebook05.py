@@ -246,7 +246,9 @@ def test_live_finetune_is_the_recipe_at_a_small_budget_and_its_result_is_the_tra
     recipe = recipe_config(RECIPE, "smoke").to_dict()
     mine = trainer.config.to_dict()
     changed = {key for key in recipe if recipe[key] != mine[key]}
-    assert changed <= {"epochs", "train_subset", "batch_size", "eval_subset", "image_size", "checkpoint_every"}
+    assert changed <= {"epochs", "train_subset", "batch_size", "eval_subset", "image_size", "checkpoint_every",
+                       "workers"}
+    assert mine["workers"] == 0
     assert (mine["train_subset"], mine["batch_size"], mine["eval_subset"], mine["image_size"]) == (4, 4, 2, 64)
     assert trainer.total_steps == 1 and trainer.bits == (8, 6, 4, 2)
     assert {name: len(ds) for name, ds in trainer.eval_sets.items()} == {"imagenette-val": 2, "imagenet-val-sample": 2}

@@ -8,8 +8,8 @@ enough to follow live: ``train_images`` Imagenette training images (labels in th
 the ImageNet val sample. The run is exactly the recipe's except for those sizes, ``image_size`` and
 ``workers=0``: the images are decoded in the kernel's own process, since for a run this small a loader process
 only competes with the training for two cores (the smoke-sized run fits about 4× faster with ``workers=0``
-than with one loader process: 1.2 s against 5–6 s, three pairs side by side in one process on 2 shared cores). :func:`watch` shows it with :mod:`labkit.live_training`. Nothing here changes the recipe
-or the trainer.
+than with one loader process: 1.2 s against 5–6 s, three pairs side by side in one process on 2 shared cores).
+:func:`watch` shows it with :mod:`labkit.live_training`. Nothing here changes the recipe or the trainer.
 """
 from __future__ import annotations
 

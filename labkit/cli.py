@@ -73,7 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not args.recipe or not args.out:
         raise LabkitError("labkit train needs --recipe NAME and --out DIR (labkit train --list shows the recipes)")
     overrides = dict(parse_override(text) for text in args.overrides)
-    metrics = train(args.recipe, args.out, overrides, resume=args.resume, show_progress=not args.quiet)
+    metrics = train(args.recipe, args.out, overrides, resume=args.resume, profile=args.profile,
+                    show_progress=not args.quiet)
     accuracy = "  ".join(f"{bits}-bit {value:.2f}%" if bits != "32" else f"FP32 {value:.2f}%"
                          for bits, value in metrics["accuracy"].items())
     if os.environ.get("RANK", "0") == "0":
@@ -92,6 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="recipe name (see --list)")
     p.add_argument("--out", help="run folder (checkpoints, metrics.json, log.csv, model_int.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--profile", choices=("smoke", "laptop", "long", "paper"),
+                   help="budget: smoke | laptop | long (the shipped CIFAR-10 models) | paper; default $LABKIT_PROFILE")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings that override the recipe")

@@ -72,8 +72,9 @@ def test_train_list_shows_every_recipe(capsys):
     (["--recipe", "cifar10-resnet20", "--out", "{out}", "epochs=0"], ["epochs"]),
     (["--out", "{out}"], ["--recipe"]),
     (["--recipe", "cifar10-resnet20"], ["--out"]),
+    (["--recipe", "imagenet-resnet18", "--out", "{out}", "--profile", "long"], ["no 'long' profile", "cifar10-resnet20"]),
 ], ids=["unknown-recipe", "unknown-override", "bad-int", "not-key-value", "bad-choice", "bad-bits", "zero-epochs",
-        "no-recipe", "no-out"])
+        "no-recipe", "no-out", "no-long-profile"])
 def test_train_errors_are_one_line(tmp_path, capsys, args, words):
     out = tmp_path / "run"
     code, _, err = main(capsys, "train", *[a.replace("{out}", str(out)) for a in args])

@@ -144,6 +144,10 @@ def test_with_overrides_returns_a_validated_copy():
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_builds_at_every_profile(name, profile):
+    if profile == "long" and "long" not in RECIPES[name]["profiles"]:
+        with pytest.raises(ConfigError, match="has no 'long' profile"):
+            recipe_config(name, profile)
+        return
     config = recipe_config(name, profile)
     assert isinstance(config, TrainConfig)
     assert config.recipe == name
@@ -212,3 +216,13 @@ def test_every_field_can_be_overridden_from_its_own_to_dict_text():
             text = str(value)
         key, parsed = parse_override(f"{f.name}={text}")
         assert key == f.name and parsed == value, f"{f.name}={text!r} parsed as {parsed!r}"
+
+
+def test_long_profile_trains_the_shipped_cifar_models_on_every_image():
+    """The long budget (issue 12): full training set, FP32 30 epochs with warm-up, joint runs from FP32."""
+    fp32 = recipe_config("cifar10-resnet20-fp32", "long")
+    assert (fp32.epochs, fp32.warmup_epochs, fp32.train_subset, fp32.bits) == (30, 1, None, None)
+    assert fp32.amp_bf16 and fp32.channels_last and fp32.label_smoothing == 0.1
+    joint, low = recipe_config("cifar10-resnet20", "long"), recipe_config("cifar10-resnet20-432", "long")
+    assert (joint.bits, joint.epochs, joint.train_subset, joint.lr) == ((8, 6, 4, 2), 8, None, 5e-4)
+    assert (low.bits, low.epochs, low.init_from) == ((4, 3, 2), 6, "auto")

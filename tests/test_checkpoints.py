@@ -59,3 +59,22 @@ def test_every_shipped_checkpoint_loads_into_its_architecture(meta):
     assert max(record["accuracy"].values()) > 50  # the top precision works; a collapsed 2-bit (0 %) is a result
     assert record["command"].startswith("LABKIT_PROFILE=") and record["hardware"] and record["wall_time_s"] > 0
     assert model is not None
+
+
+def test_init_from_shipped_name_finds_the_file_or_lists_the_shipped_fp32_models():
+    """``init_from=shipped:<name>`` (the suite's start, issue 12) is that file; a wrong name is one clear error."""
+    from labkit.errors import LabkitError
+    from labkit.train import TrainConfig
+    from labkit.train.run import SHIPPED_CHECKPOINTS, resolve_init
+
+    found = resolve_init(TrainConfig(init_from="shipped:cifar10-resnet20-fp32-laptop"))
+    assert found == SHIPPED_CHECKPOINTS / "cifar10-resnet20-fp32-laptop.pt" and found.is_file()
+    with pytest.raises(LabkitError, match="no shipped checkpoint nope.pt.*cifar10-resnet20-fp32-laptop"):
+        resolve_init(TrainConfig(init_from="shipped:nope"))
+
+
+def test_the_suite_starts_from_the_fp32_model_its_drops_are_measured_against():
+    from labkit.reproduction import SUITE_BUDGET, SUITE_FP32, _fp32_accuracy
+
+    assert SUITE_BUDGET["init_from"] == f"shipped:{SUITE_FP32}"
+    assert _fp32_accuracy() == shipped(SUITE_FP32)[1]["accuracy"]["32"]

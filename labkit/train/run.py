@@ -51,7 +51,8 @@ def build_datasets(config: TrainConfig, root=None):
 
 
 def resolve_init(config: TrainConfig) -> Path | None:
-    """The FP32 weights to start from: ``init_from`` as given, or for ``"auto"`` a shipped checkpoint if any."""
+    """The FP32 weights to start from: ``init_from`` as given (a path, or ``shipped:<name>`` for
+    ``data/checkpoints/<name>.pt``), or for ``"auto"`` the shipped ``<dataset>-<model>-fp32.pt`` if any."""
     if config.init_from in (None, "", "none"):
         return None
     if config.init_from == "auto":
@@ -61,6 +62,14 @@ def resolve_init(config: TrainConfig) -> Path | None:
         warnings.warn(f"init_from=auto found no FP32 checkpoint at {shipped}; training starts from random weights "
                       "(the paper starts from a pretrained FP32 model: pass init_from=<FP32 run folder>).", stacklevel=2)
         return None
+    if config.init_from.startswith("shipped:"):  # a named shipped FP32 checkpoint, e.g. shipped:cifar10-resnet20-fp32
+        name = config.init_from.split(":", 1)[1]
+        path = SHIPPED_CHECKPOINTS / f"{name}.pt"
+        if not path.is_file():
+            known = sorted(p.stem for p in SHIPPED_CHECKPOINTS.glob("*-fp32*.pt"))
+            raise LabkitError(f"init_from={config.init_from!r}: no shipped checkpoint {path.name} in "
+                              f"{SHIPPED_CHECKPOINTS}; shipped FP32 checkpoints: {', '.join(known) or 'none'}")
+        return path
     path = Path(config.init_from)
     return path / "model_fp32.pt" if path.is_dir() else path
 

@@ -1,7 +1,9 @@
 """Write ``docs/RESULTS.md`` and its plotly figures (``docs/figures/*.html``) from the committed, measured runs.
 
-Every number comes from a run file in ``docs/results/`` (the reproduction suite, the SuperNets, the EfficientNet
-run) or from ``benchmarks/results.json``; the page states each row's budget and hardware. Usage::
+Every number comes from a run file in ``docs/results/`` (the reproduction suite, the long-profile shipped models,
+the SuperNets, the EfficientNet run) or from ``benchmarks/results.json``; the page states each row's budget and
+hardware. The README's generated blocks (between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``)
+are rewritten from the same files. Usage::
 
     python scripts/write_results_page.py
 """
@@ -14,9 +16,11 @@ from pathlib import Path
 from labkit.hasb.figures import COMMITTED_RESULTS, allocation_figure, committed_search, spread_figure
 from labkit.hasb.reviewers import accuracy_spread, allocation_comparison
 from labkit.reproduction import (
-    COMPARISONS, OPEN_COMPARISONS, PAPER_TABLE4, SUITE_BUDGET, accuracy_by_seed, accuracy_figure, budget_sentence,
-    collect, comparisons_table, drop_goal_table, markdown_table, paired_comparisons,
+    COMPARISONS, OPEN_COMPARISONS, PAPER_TABLE4, SUITE_BUDGET, SUITE_FP32, accuracy_by_seed, accuracy_figure,
+    budget_sentence, collect, comparison_sentence, comparisons_table, drop_goal_table, markdown_table,
+    paired_comparisons,
 )
+from labkit.shipped_models import long_profile_table, stage_records, training_curves_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
@@ -54,7 +58,7 @@ def suite_section() -> list[str]:
     lines += [
         f"**Budget, the same for every row:** {json.dumps(SUITE_BUDGET)} on top of each recipe's laptop profile. "
         + budget_sentence(records).split("; hardware:")[0] + f". Adam 5e-4 with cosine decay; the FP32 start is "
-        f"`data/checkpoints/cifar10-resnet20-fp32.pt` ({first['fp32']:.2f} %). Budget recorded by the runs: "
+        f"`data/checkpoints/{SUITE_FP32}.pt` ({first['fp32']:.2f} %). Budget recorded by the runs: "
         f"`{json.dumps(first['budget'])}`.",
         f"**Hardware:** {first['hardware']}; 1 torch thread per run, the 2 cores shared with other work (load "
         f"average 5–11 for the rows re-measured on 2026-12-01 with the fair set-up, AMD EPYC; the {{4,3,2}} and open "
@@ -113,6 +117,73 @@ def suite_section() -> list[str]:
                   + _shipped_drops() + ". The `paper` profile (`LABKIT_PROFILE=paper labkit reproduce`) runs the "
                   "full budget on a GPU; it has not been run for this page.", ""]
     return lines
+
+
+def _stage_sentence(record: dict) -> str:
+    budget = record["budget"]
+    return (f"`{record['shipped']}`: {budget['epochs']} epochs on {budget['train_images']:,} images "
+            f"({budget['steps']:,} steps of batch {budget['batch_size']}), {record['hardware']}, 1 torch thread, "
+            f"{record['wall_time_s'] / 60:.0f} min; code {', '.join(record['source'])}; run files "
+            f"`docs/results/{record['folder']}/`")
+
+
+def long_profile_block() -> str:
+    """The shipped models' table, budgets and curve (README block ``shipped-models`` and a RESULTS section)."""
+    records = stage_records()
+    if not records:
+        return "No long-profile stage has finished yet (`labkit train --profile long`)."
+    lines = [long_profile_table(records), "",
+             "How each was made (`labkit train --recipe NAME --profile long --out …`, resumable with `--resume`):", ""]
+    lines += [f"- {_stage_sentence(r)}." for r in records]
+    lines += ["", "The drops are one trained model per stage against one FP32 model on the same 10,000 test images "
+              "(± is the binomial standard error of each accuracy; no seed-to-seed interval). The curves are in "
+              "[`docs/figures/long_profile_curves.html`](docs/figures/long_profile_curves.html)."]
+    return "\n".join(lines)
+
+
+def long_profile_section() -> list[str]:
+    records = stage_records()
+    if not records:
+        return []
+    return ["## Shipped models: the long CPU profile", "",
+            "FP32 ResNet-20 trained on all 50,000 images, then joint {8,6,4,2} and {4,3,2} from it, by the recipes' "
+            "`long` profile (bf16 autocast, channels_last, label smoothing 0.1; `labkit/train/recipes.py`). Goals "
+            "(issue 12): FP32 ≥ 89 %, drops ≤ 0.3 / 0.3 / 0.6 / 3.0 and ≤ 0.6 / 1.0 / 4.0 points below our FP32.", "",
+            long_profile_block().replace("(docs/figures/", "(figures/"), "",
+            _figure(training_curves_figure(records), "long_profile_curves") + " (test top-1 per epoch, every stage)",
+            ""]
+
+
+def suite_block() -> str:
+    """The README's suite block: the budget, the table (mean ± sd over seeds) and every comparison in words."""
+    records = collect()
+    if not records:
+        return "No suite row has finished yet: `labkit reproduce --publish` trains and records them."
+    comparisons = paired_comparisons(records, accuracy_by_seed(), COMPARISONS)
+    return "\n".join([
+        budget_sentence(records).rstrip(".") + ".", "",
+        markdown_table(records, bits=(8, 6, 4, 3, 2), paper={"{8,6,4,2} + ALRS": PAPER_TABLE4["8642"],
+                                                             "{4,3,2} + ALRS": PAPER_TABLE4["432"]}), "",
+        "Each comparison, as the mean paired difference A − B over the seeds both rows share with its 95 % "
+        "interval; a difference is called real only where the interval excludes zero (≥ 3 seeds):", "",
+        *[f"- {comparison_sentence(c)}." for c in comparisons]])
+
+
+def update_readme(blocks: dict[str, str], readme: Path = ROOT / "README.md") -> list[str]:
+    """Replace the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the README by
+    ``blocks[NAME]``; a block whose markers are missing is reported, not added."""
+    text, done = readme.read_text(), []
+    for name, body in blocks.items():
+        start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+        if start not in text or end not in text:
+            print(f"README.md has no {start} … {end} markers; block {name!r} not written")
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{body.strip()}\n{end}{tail}"
+        done.append(name)
+    readme.write_text(text)
+    return done
 
 
 def weight_scale_section() -> list[str]:
@@ -207,10 +278,13 @@ def main() -> None:
              "Everything on this page was measured by the lab's own recipes and scripts on the machine named in each "
              "section, and is regenerated from the committed run files by `python scripts/write_results_page.py`. "
              "The paper's numbers are quoted only as the reference column.", ""]
-    for section in (suite_section, weight_scale_section, hasb_section, efficientnet_section, benchmark_section):
+    for section in (long_profile_section, suite_section, weight_scale_section, hasb_section, efficientnet_section,
+                    benchmark_section):
         lines += section()
     (ROOT / "docs" / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'docs' / 'RESULTS.md'}")
+    written = update_readme({"shipped-models": long_profile_block(), "suite": suite_block()})
+    print(f"README.md blocks rewritten: {', '.join(written) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ all 50,000 training images, bf16 autocast with channels_last (about 2× the plai
 AVX-512 BF16; the fake-quant arithmetic stays in fp32, see ``labkit.quant.lsq.fake_quantize``), label smoothing
 0.1, and as many epochs as one CPU core trains in about an hour per stage: FP32 30 epochs (SGD 0.1, cosine,
 one warm-up epoch), then the joint runs from that FP32 model at the paper's Adam 5e-4 with a cosine schedule,
-{8,6,4,2} 8 epochs and {4,3,2} 6 epochs (the paper trains 200). Each stage is resumable (``--resume``).
+{8,6,4,2} 6 epochs and {4,3,2} 5 epochs (the paper trains 200). Each stage is resumable (``--resume``).
 
 ALRS (METHOD.md §5) in the recipes, decided by :func:`labkit.train.alrs.alrs_rule_for`:
 
@@ -61,12 +61,12 @@ RECIPES: dict[str, dict] = {
     },
     "cifar10-resnet20": {
         "base": dict(_CIFAR_JOINT, bits=(8, 6, 4, 2)),
-        "profiles": {**_CIFAR_SCALE, "long": dict(_CIFAR_LONG, epochs=8)},
+        "profiles": {**_CIFAR_SCALE, "long": dict(_CIFAR_LONG, epochs=6)},
         "about": "Paper Table 4: ResNet-20 {8,6,4,2}, Double Rounding + ALRS, Alg. A.2, Adam 5e-4, 200 epochs.",
     },
     "cifar10-resnet20-432": {
         "base": dict(_CIFAR_JOINT, bits=(4, 3, 2)),
-        "profiles": {**_CIFAR_SCALE, "long": dict(_CIFAR_LONG, epochs=6)},
+        "profiles": {**_CIFAR_SCALE, "long": dict(_CIFAR_LONG, epochs=5)},
         "about": "Paper Table 4: ResNet-20 {4,3,2}, Double Rounding + ALRS, Alg. A.2.",
     },
     "imagenet-resnet18": {

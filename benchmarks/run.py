@@ -6,15 +6,18 @@
     python benchmarks/run.py --skip-notebooks     # everything but the notebook smoke runs
     python benchmarks/run.py --out /tmp/r.json    # another output file (default benchmarks/results.json)
 
-Groups (``--only``): fakequant, joint_step, int8_switch, int_switch_floor, checkpoint_size, hessian, search_sweep,
-scaling, data_loading, notebooks, profile. Each group adds rows
-``{name: {"value", "unit", "goal", "met"?, "detail"?, "error"?}}`` to the output; ``_meta`` holds the hardware
-line, torch version, thread count, load averages and run time.
+Groups (``--only``): speed_fakequant, speed_joint, speed_joint_trainer, switchboard, speed_bf16_accuracy (issue 11's
+table, ``speed.py``: the default path with the opt-in paths beside it, at 1 and 2 threads), fakequant, int8_switch,
+int_switch_floor, checkpoint_size, hessian, search_sweep, scaling, data_loading, profile, notebooks. Each group
+adds rows ``{name: {"value", "unit", "goal", "met"?, "label"?, "summary"?, "detail"?, "error"?}}`` to the output;
+``_meta`` holds the hardware line, torch version, thread count, load averages and run time. ``write_table.py``
+turns the output into the README's benchmark table.
 
 Ratios are measured side by side: the candidates of one group run round-robin in this one process (A, B, C,
 then C, B, A, …), and each ratio is the median over rounds of the ratio of the two times taken in the same
 round. Benchmarks are not tests: ``met`` only says whether a figure reaches its goal on this machine.
-Measurement functions come from ``foundation.py`` and ``training.py``; see ``benchmarks/README.md``.
+Measurement functions come from ``foundation.py``, ``speed.py``, ``training.py``, ``loading.py`` and
+``switching.py``; see ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 import foundation  # noqa: E402
 import switching  # noqa: E402
 import loading  # noqa: E402
+import speed  # noqa: E402
 import training  # noqa: E402
 import labkit  # noqa: E402
 from foundation import interleaved_times, median_ms, paired_ratio  # noqa: E402
@@ -97,22 +101,6 @@ def bench_fakequant(quick: bool) -> dict:
                 "check_vs_torch_8bit": {shape: entry["check_vs_torch_8bit"] for shape, entry in details["shapes"].items()},
                 "rounds": details["rounds"],
             })
-    return rows
-
-
-# ------------------------------------------------------------------------- 2. joint step ÷ (4 × FP32 step)
-
-def bench_joint_step(quick: bool) -> dict:
-    """training.measure: JointTrainer.train_step {8,6,4,2} vs FP32, ResNet-20, batch 128, eager and compiled."""
-    rounds, batch = (3, 32) if quick else (10, 128)
-    results = training.measure(rounds, batch)
-    rows = {}
-    for mode, entry in results.items():
-        rows[f"joint_step_vs_4x_fp32_{mode}"] = row(
-            entry["ratio"], "× (joint {8,6,4,2} step ÷ 4 FP32 steps)", "≤ 1.15", entry["ratio"] <= 1.15,
-            detail={"value_is": f"ResNet-20, batch {batch} random 32×32 images, JointTrainer.train_step (Alg. A.2, "
-                                f"Adam, ALRS), fake-quant {mode}; median of per-round ratios, {rounds} rounds",
-                    **entry})
     return rows
 
 
@@ -501,7 +489,14 @@ def bench_int_switch_floor(quick: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------ driver
 
-GROUPS = ("fakequant", "joint_step", "int8_switch", "int_switch_floor", "checkpoint_size", "hessian", "search_sweep",
+SPEED_RUNNERS = {  # issue 11's table (speed.py), default path with the opt-in paths beside it, 1 and 2 threads
+    "speed_fakequant": speed.fakequant_section,
+    "speed_joint": speed.joint_step_section,
+    "speed_joint_trainer": speed.joint_trainer_section,
+    "switchboard": speed.switchboard_section,
+    "speed_bf16_accuracy": speed.bf16_accuracy_section,
+}
+GROUPS = tuple(SPEED_RUNNERS) + ("fakequant", "int8_switch", "int_switch_floor", "checkpoint_size", "hessian", "search_sweep",
           "scaling", "data_loading", "profile", "notebooks")
 
 
@@ -570,7 +565,7 @@ def main(argv=None) -> dict:
     timeout = args.notebook_timeout or (300 if args.quick else 600)
     runners = {
         "fakequant": lambda: bench_fakequant(args.quick),
-        "joint_step": lambda: bench_joint_step(args.quick),
+        **{group: (lambda function=function: function(args.quick)) for group, function in SPEED_RUNNERS.items()},
         "int8_switch": lambda: bench_int8_switch(args.quick),
         "int_switch_floor": lambda: bench_int_switch_floor(args.quick),
         "data_loading": lambda: bench_data_loading(args.quick),
@@ -624,15 +619,15 @@ def main(argv=None) -> dict:
         except (OSError, ValueError):
             previous = {}
         merged_groups = set(args.groups)
-        output.update({name: entry for name, entry in previous.items()
-                       if not name.startswith("_") and entry.get("group") not in merged_groups})
+        # rows of groups that no longer exist (e.g. joint_step, now speed_joint_trainer) are dropped
+        output.update({name: entry for name, entry in previous.items() if not name.startswith("_")
+                       and entry.get("group") in GROUPS and entry.get("group") not in merged_groups})
         meta["previous_meta"] = {k: v for k, v in previous.get("_meta", {}).items() if k != "previous_meta"}
     output.update(results)
     ordered = {"_meta": meta}
     for group in GROUPS:  # rows in group order, whichever run measured them
         ordered.update({name: entry for name, entry in output.items()
                         if not name.startswith("_") and entry.get("group") == group})
-    ordered.update({name: entry for name, entry in output.items() if name not in ordered})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
     table = format_table(ordered)

@@ -1,24 +1,33 @@
-"""Speed of the default paths (issue 11 items 1–2): fake-quant against PyTorch's fused ops, the joint step against
-FP32 steps, and what bf16 autocast and channels_last do on this CPU — the default beside the opt-in paths.
+"""Speed of the default paths (issue 11): the ``speed_*`` and ``switchboard`` groups of ``benchmarks/run.py``.
 
-    python benchmarks/speed.py                       # every section → benchmarks/speed_results.{json,md}
-    python benchmarks/speed.py --quick               # smaller inputs, fewer rounds: checks the script (~2 min)
-    python benchmarks/speed.py --only fakequant      # sections: fakequant, joint_step, bf16_accuracy
-    python benchmarks/speed.py --threads 1,2 --compiled   # thread counts; also time the opt-in compiled kernels
+    python benchmarks/run.py --only speed_fakequant,speed_joint,speed_joint_trainer,switchboard
+    python benchmarks/run.py --quick --only speed_fakequant      # checks the script
 
-Every figure is measured side by side in this one process: the candidates of a section (every path, every thread
-count) run round-robin, A, B, C, then C, B, A, …, and each ratio is the median over rounds of the ratio of two
-times taken in the same round. Wall time is the headline (what a user waits for); the CPU time of the process
-(``time.process_time``, all threads) is given beside it, since on a shared machine the wall time also counts the
-time other processes held the cores. The load average is recorded at the start and end of every section.
-``measure(quick, sections, threads)`` returns the rows in the schema of ``benchmarks/run.py``.
+Groups (each a function here returning rows in ``run.py``'s schema, ``{name: {"value", "unit", "goal", "met"?,
+"label", "summary", "detail"}}``):
+
+- ``speed_fakequant`` (:func:`fakequant_section`): weight (256×256×3×3, per channel) and activation (per tensor,
+  unsigned) fake-quant forward+backward ÷ PyTorch's learnable fused op at the same bit-width, every bit-width of
+  {8,6,4,2}, at 1 and 2 threads; the default path is the row, the opt-in ``compiled`` path and the previous
+  default ``recompute`` are beside it.
+- ``speed_joint`` (:func:`joint_step_section`): one joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, batch 128, a
+  plain ``quantize_model`` + ``set_bits`` loop with Adam, at 1 and 2 threads; default fp32 path as the row, bf16
+  autocast, channels_last and the compiled fake-quant beside it, with epoch times; and FP32 images/s per path.
+- ``speed_joint_trainer`` (:func:`joint_trainer_section`): the same ratio through ``JointTrainer.train_step``.
+- ``switchboard`` (:func:`switchboard_section`): ``labkit.widgets.measure_switchboard_latency`` (kernel side).
+- ``speed_bf16_accuracy`` (:func:`bf16_accuracy_section`): what bf16 autocast does to FP32 fine-tuning.
+
+Timings come from ``foundation.interleaved_times`` / ``foundation.paired_ratio`` (the one timing loop of the
+suite): the candidates of a group — every path and both thread counts — run round-robin in this one process, A, B,
+C, then C, B, A, …; each ratio is the median over rounds of two times taken in the same round. A 2-thread
+candidate sets ``torch.set_num_threads(2)`` before its call and a 1-thread one sets 1, in the same process (the
+caller's count is restored after the group). Wall time is the headline; the process CPU time of the same calls
+(``time.process_time``, all threads) is in ``detail``, since on a shared machine the wall time also counts the
+time other processes held the cores. Every row's ``detail`` gives the load average at the start and end of its
+group.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
-import json
 import math
 import os
 import statistics
@@ -28,24 +37,24 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # labkit from this checkout
+sys.path.insert(0, str(HERE))  # foundation.py
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import labkit  # noqa: E402
-from labkit.config import hardware_summary  # noqa: E402
+from foundation import interleaved_times, paired_ratio  # noqa: E402
 from labkit.models import build_model  # noqa: E402
 from labkit.quant import lsq  # noqa: E402
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, use_fake_quant_path  # noqa: E402
 
-SECTIONS = ("fakequant", "joint_step", "bf16_accuracy")
-DEFAULT_JSON = HERE / "speed_results.json"
-DEFAULT_MD = HERE / "speed_results.md"
 BITS = (8, 6, 4, 2)
 HIGH = 8
+THREADS = (1, 2)
 FAKEQUANT_GOAL = 0.8
 JOINT_GOAL = 1.15
 STEPS_PER_EPOCH = math.ceil(50_000 / 128)  # CIFAR-10 train set at batch 128
+REPORT = "report (no goal set)"
 
 
 def row(value, unit: str, goal: str, met: bool | None = None, **extra) -> dict:
@@ -60,28 +69,8 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def interleaved(candidates: dict, rounds: int, progress: str = "") -> dict[str, dict[str, list[float]]]:
-    """Wall and process-CPU seconds per call of every candidate, round-robin, the order reversed every round."""
-    names = list(candidates)
-    samples = {name: {"wall": [], "cpu": []} for name in names}
-    gc.collect()
-    for index in range(rounds):
-        if progress:
-            print(f"{progress}: round {index + 1}/{rounds}, load {load()}", file=sys.stderr, flush=True)
-        for name in names if index % 2 == 0 else names[::-1]:
-            wall, cpu = time.perf_counter(), time.process_time()
-            candidates[name]()
-            samples[name]["cpu"].append(time.process_time() - cpu)
-            samples[name]["wall"].append(time.perf_counter() - wall)
-    return samples
-
-
-def ratio(samples, a: str, b: str, clock: str = "wall", divide: float = 1.0) -> float:
-    return round(statistics.median(x / y for x, y in zip(samples[a][clock], samples[b][clock])) / divide, 3)
-
-
-def median_ms(samples, name: str, clock: str = "wall") -> float:
-    return round(statistics.median(samples[name][clock]) * 1e3, 3)
+def r3(x: float) -> float:
+    return round(float(x), 3)
 
 
 def with_threads(threads: int, call):
@@ -91,16 +80,74 @@ def with_threads(threads: int, call):
     return run
 
 
+class SideBySide:
+    """Candidates timed by ``foundation.interleaved_times``, each call's process CPU time recorded beside it.
+
+    ``warm_up`` calls every candidate ``times`` times (the first call's seconds are kept: compile time for the
+    compiled path); ``run(rounds)`` gives the wall samples, ``cpu`` the CPU samples of the same calls.
+    """
+
+    def __init__(self, candidates: dict):
+        self.cpu: dict[str, list[float]] = {name: [] for name in candidates}
+        self.first_call_s: dict[str, float] = {}
+        self.candidates = {name: self._recording(name, call) for name, call in candidates.items()}
+
+    def _recording(self, name, call):
+        def timed():
+            start = time.process_time()
+            call()
+            self.cpu[name].append(time.process_time() - start)
+        return timed
+
+    def warm_up(self, times: int = 2) -> None:
+        for name, call in self.candidates.items():
+            start = time.perf_counter()
+            call()
+            self.first_call_s[name] = time.perf_counter() - start
+            for _ in range(times - 1):
+                call()
+        for samples in self.cpu.values():
+            samples.clear()
+
+    def run(self, rounds: int) -> dict[str, list[float]]:
+        self.wall = interleaved_times(self.candidates, rounds)
+        return self.wall
+
+    def ratio(self, a: str, b: str, divide: float = 1.0, clock: str = "wall") -> float:
+        samples = self.wall if clock == "wall" else self.cpu
+        return r3(paired_ratio(samples[a], samples[b]) / divide)
+
+    def ms(self, name: str) -> float:
+        return round(statistics.median(self.wall[name]) * 1e3, 2)
+
+
+def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
+    """The kernel tables of every fake-quant path, taken once (``use_compile`` wraps new compiled objects per call,
+    so a timed call switches paths by restoring its table). Leaves the default path installed."""
+    default = lsq.fake_quant_path()
+    tables = {}
+    for path in paths:
+        use_fake_quant_path(path)
+        tables[path] = dict(lsq._KERNELS)
+    use_fake_quant_path(default)
+    return tables
+
+
+def on_path(table: dict, call):
+    def run():
+        lsq._KERNELS.update(table)
+        return call()
+    return run
+
+
 # --------------------------------------------------------------------------------------------- fake-quant
 
-def _labkit_step(x, scale, grad, path: str, bits: int, shift: int, signed: bool, rounding: str = "half_even",
+def _labkit_step(x, scale, grad, bits: int, shift: int, signed: bool, rounding: str = "half_even",
                  offset: float = 0.0):
     qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    elements = x[0].numel() if signed else x.numel()
-    factor = lsq_grad_scale(elements, qmax)
+    factor = lsq_grad_scale(x[0].numel() if signed else x.numel(), qmax)
 
     def step():
-        lsq._KERNELS.update(_PATH_KERNELS[path])  # switch path without re-wrapping compiled kernels
         out = fake_quantize(x, scale, qmin, qmax, shift=shift, rounding=rounding, grad_factor=factor, offset=offset)
         return torch.autograd.grad(out, (x, scale), grad)
     return step
@@ -122,34 +169,30 @@ def _torch_activation_step(x, scale, grad, bits: int):
         x, scale, zero, 0, qmax, factor), (x, scale), grad)
 
 
-_PATH_KERNELS: dict[str, dict] = {}
+def _by_bits(text: dict) -> str:
+    return " · ".join(f"{bits}b {value:.2f}" for bits, value in text.items())
 
 
-def _capture_paths(compiled: bool) -> list[str]:
-    """The kernel tables of every path, taken once (``use_compile`` wraps new compiled objects per call)."""
-    paths = ["fused", "recompute"] + (["compiled"] if compiled else [])
-    for path in paths:
-        use_fake_quant_path(path)
-        _PATH_KERNELS[path] = dict(lsq._KERNELS)
-    use_fake_quant_path("fused")
-    return paths
+def fakequant_section(quick: bool, threads=THREADS, rounds: int | None = None) -> dict:
+    """Weight (per channel; Double Rounding from 8 bits, floor as AdaBits, per-bit scales) and activation (per
+    tensor, unsigned) fake-quant fwd+bwd ÷ PyTorch's learnable fused op at the same bit-width, every path.
 
-
-def fakequant_section(quick: bool, threads: tuple[int, ...], compiled: bool) -> dict:
-    """Weight (per channel, every bit of {8,6,4,2} from 8; Double Rounding, floor, per-bit) and activation
-    (per tensor, unsigned) fake-quant fwd+bwd ÷ PyTorch's learnable fused op at the same bit-width."""
+    The row is the default path's Double Rounding (weights) / plain LSQ (activations), worst over {8,6,4,2}.
+    """
     start_load = load()
+    default = lsq.fake_quant_path()
     channels = 64 if quick else 256
     act_shape = (32, 16, 16, 16) if quick else (128, 16, 32, 32)
-    rounds = 8 if quick else 30
+    rounds = rounds or (4 if quick else 30)
     gen = torch.Generator().manual_seed(0)
     weight = (torch.randn(channels, channels, 3, 3, generator=gen) * 0.05).requires_grad_()
     grad_w = torch.randn(weight.shape, generator=gen)
-    scale8 = (weight.detach().flatten(1).abs().amax(1) / 127)
+    scale8 = weight.detach().flatten(1).abs().amax(1) / 127
     activation = torch.relu(torch.randn(act_shape, generator=gen)).requires_grad_()
     grad_a = torch.randn(act_shape, generator=gen)
-    paths = _capture_paths(compiled)
-    candidates, compile_s = {}, {}
+    tables = capture_paths()
+    paths = [default] + [p for p in lsq.PATHS if p != default]
+    candidates = {}
     for bits in BITS:
         shift = HIGH - bits
         tied = (scale8 * 2.0 ** shift).requires_grad_()  # PyTorch's op at b bits, on the tied scale s_8 · 2^Δ
@@ -164,56 +207,61 @@ def fakequant_section(quick: bool, threads: tuple[int, ...], compiled: bool) -> 
             candidates[f"torch_a{bits}_t{t}"] = with_threads(t, _torch_activation_step(activation, act_scale, grad_a,
                                                                                        bits))
             for path in paths:
-                candidates[f"{path}_dr_w{bits}_t{t}"] = with_threads(t, _labkit_step(
-                    weight, per_channel, grad_w, path, bits, shift, True))
-                candidates[f"{path}_floor_w{bits}_t{t}"] = with_threads(t, _labkit_step(
-                    weight, per_channel, grad_w, path, bits, shift, True, "floor", offset))
-                candidates[f"{path}_perbit_w{bits}_t{t}"] = with_threads(t, _labkit_step(
-                    weight, per_bit, grad_w, path, bits, 0, True))
-                candidates[f"{path}_a{bits}_t{t}"] = with_threads(t, _labkit_step(
-                    activation, act_scalar, grad_a, path, bits, 0, False))
-    for name, call in candidates.items():  # warm-up; compiled kernels compile here (timed apart)
-        began = time.perf_counter()
-        call()
-        if name.startswith("compiled"):
-            compile_s[name] = round(time.perf_counter() - began, 2)
-        call()
-    samples = interleaved(candidates, rounds)
-    lsq._KERNELS.update(_PATH_KERNELS["fused"])
+                steps = {"dr_w": _labkit_step(weight, per_channel, grad_w, bits, shift, True),
+                         "floor_w": _labkit_step(weight, per_channel, grad_w, bits, shift, True, "floor", offset),
+                         "perbit_w": _labkit_step(weight, per_bit, grad_w, bits, 0, True),
+                         "a": _labkit_step(activation, act_scalar, grad_a, bits, 0, False)}
+                for kind, step in steps.items():
+                    candidates[f"{path}_{kind}{bits}_t{t}"] = with_threads(t, on_path(tables[path], step))
+    was = torch.get_num_threads()
+    timer = SideBySide(candidates)
+    try:
+        timer.warm_up()
+        timer.run(rounds)
+    finally:
+        lsq._KERNELS.update(tables[default])
+        torch.set_num_threads(was)
     rows = {}
     for t in threads:
-        for kind, methods in (("weight", ("dr", "floor", "perbit")), ("activation", (None,))):
-            table = {}
-            for path in paths:
-                for method in methods:
-                    for clock in ("wall", "cpu"):
-                        key = f"{path}" + (f"_{method}" if method else "") + f"_{clock}"
-                        table[key] = {}
-                        for bits in BITS:
-                            name = f"{path}_{method}_w{bits}_t{t}" if method else f"{path}_a{bits}_t{t}"
-                            reference = f"torch_{'w' if method else 'a'}{bits}_t{t}"
-                            table[key][bits] = ratio(samples, name, reference, clock)
-            default_key = "fused_dr_wall" if kind == "weight" else "fused_wall"
-            value = max(table[default_key].values())
-            worst_any = max(max(v.values()) for k, v in table.items() if k.startswith("fused") and k.endswith("wall"))
-            prefix = "w" if kind == "weight" else "a"
-            ms = {name.replace(f"_t{t}", ""): median_ms(samples, name) for name in candidates
-                  if name.endswith(f"_t{t}") and f"_{prefix}" in name and ("_w" in name) == (kind == "weight")}
+        for kind, methods in (("weight", ("dr_w", "floor_w", "perbit_w")), ("activation", ("a",))):
+            reference = "torch_w" if kind == "weight" else "torch_a"
+            wall = {f"{path}_{m}": {b: timer.ratio(f"{path}_{m}{b}_t{t}", f"{reference}{b}_t{t}") for b in BITS}
+                    for path in paths for m in methods}
+            cpu = {f"{path}_{m}": {b: timer.ratio(f"{path}_{m}{b}_t{t}", f"{reference}{b}_t{t}", clock="cpu")
+                                   for b in BITS} for path in paths for m in methods}
+            main = f"{default}_{methods[0]}"
+            value = max(wall[main].values())
+            ms = {name.rsplit("_t", 1)[0]: timer.ms(name) for name in candidates
+                  if name.endswith(f"_t{t}") and any(f"_{m}" in name for m in methods)
+                  or name.startswith(reference) and name.endswith(f"_t{t}")}
             op = ("torch._fake_quantize_learnable_per_channel_affine" if kind == "weight" else
                   "torch._fake_quantize_learnable_per_tensor_affine")
-            shape = f"{channels}×{channels}×3×3 weight, per-channel scale" if kind == "weight" else \
-                f"{'×'.join(map(str, act_shape))} post-ReLU activation, per-tensor scale, unsigned"
+            shape = (f"{channels}×{channels}×3×3 weight, per-channel scale" if kind == "weight" else
+                     f"{'×'.join(map(str, act_shape))} post-ReLU activation, per-tensor scale, unsigned")
+            beside = "; ".join(f"{path}: {_by_bits(wall[f'{path}_{methods[0]}'])}" for path in paths[1:])
             rows[f"fakequant_{kind}_vs_torch_t{t}"] = row(
-                value, f"× time of {op} (fwd+bwd)", f"≤ {FAKEQUANT_GOAL} at every bit-width", value <= FAKEQUANT_GOAL,
+                value, f"× time of {op} (fwd+bwd), worst over bits {list(BITS)}",
+                f"≤ {FAKEQUANT_GOAL} at every bit-width", value <= FAKEQUANT_GOAL,
+                label=f"{kind} fake-quant fwd+bwd ÷ PyTorch's fused learnable "
+                      f"{'per-channel' if kind == 'weight' else 'per-tensor'} op, {shape.split(',')[0]}, "
+                      f"{t} thread{'s' if t > 1 else ''}, default path ({default}), worst over {{8,6,4,2}}",
+                summary=f"default: {_by_bits(wall[main])}; beside it, {beside}; load {start_load}",
                 detail={
-                    "value_is": f"default (fused) path, {'Double Rounding ' if kind == 'weight' else ''}worst over "
-                                f"bits {list(BITS)}, wall time, {t} thread(s); {shape}; median of per-round ratios",
-                    "worst_default_any_method": worst_any,
-                    "ratio_by_path_method_bits": table,
+                    "value_is": f"default path ({default}){', Double Rounding from 8 bits' if kind == 'weight' else ''}"
+                                f", worst over bits {list(BITS)}, wall time, {t} thread(s) set with "
+                                f"torch.set_num_threads in this process; {shape}; median of {rounds} per-round ratios",
+                    "threads": t, "default_path": default, "paths": paths,
+                    "ratio_by_path_method_bits": wall, "cpu_time_ratio_by_path_method_bits": cpu,
+                    "worst_default_any_method": max(max(v.values()) for k, v in wall.items()
+                                                    if k.startswith(default)),
                     "median_ms_wall": ms,
                     "reference": f"{op} at the same bit-width (its own leaf scale: s_8·2^Δ for Double Rounding, "
                                  "which PyTorch cannot double-round, so a reference cost at Δ > 0)",
-                    "compile_s_first_call": {k: v for k, v in compile_s.items() if k.endswith(f"_t{t}")} or None,
+                    "methods": "dr_w: Double Rounding (shift 8 − b), floor_w: floor from 8 bits (AdaBits/Bit-Mixer), "
+                               "perbit_w: a scale of its own per bit-width, a: activation LSQ",
+                    "compile_s_first_call": {k.rsplit("_t", 1)[0]: round(v, 2) for k, v in timer.first_call_s.items()
+                                             if k.startswith("compiled") and k.endswith(f"_t{t}")} or None,
+                    "compile_error": lsq.compile_error(),
                     "rounds": rounds, "load_average_start": start_load, "load_average_end": load(),
                 })
     return rows
@@ -229,10 +277,9 @@ CONFIGS = {
 }
 
 
-def _train_step(model, optimizer, images, labels, bit_set, bf16: bool, path: str = "fused"):
+def _train_step(model, optimizer, images, labels, bit_set, bf16: bool):
     """One plain step: for every bit-width (or once for FP32) forward, loss, backward; then one Adam step."""
     def step():
-        lsq._KERNELS.update(_PATH_KERNELS[path])
         optimizer.zero_grad(set_to_none=True)
         for bits in bit_set or (None,):
             if bits is not None:
@@ -257,71 +304,233 @@ def _models(batch: int, channels_last: bool):
     return fp32.train(), joint.train(), images, labels
 
 
-def joint_step_section(quick: bool, threads: tuple[int, ...], configs=tuple(CONFIGS), compiled: bool = False,
+def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_last", "bf16"),
                        rounds: int | None = None) -> dict:
-    """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, plain quantize_model + set_bits loop with Adam. The plain
-    fp32 configuration also runs the joint step on the previous default (``recompute``) and, with ``compiled``,
-    the opt-in compiled fake-quant path, each beside the same FP32 step."""
+    """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, a plain quantize_model + set_bits loop with Adam; FP32
+    images/s per configuration. ``fp32`` (the default: no autocast, contiguous, default fake-quant path) is the row;
+    the other configurations and the opt-in compiled fake-quant (on the fp32 configuration) are beside it."""
     start_load = load()
-    batch, rounds = (32, rounds or 3) if quick else (128, rounds or 5)
-    paths = _capture_paths(compiled)
+    default = lsq.fake_quant_path()
+    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
+    tables = capture_paths((default, "compiled"))
     candidates = {}
     for config in configs:
         options = CONFIGS[config]
         fp32, joint, images, labels = _models(batch, options["channels_last"])
         for t in threads:
-            candidates[f"fp32_{config}_t{t}"] = with_threads(t, _train_step(
-                fp32, torch.optim.Adam(fp32.parameters(), 1e-4), images, labels, None, options["bf16"]))
-            candidates[f"joint_{config}_t{t}"] = with_threads(t, _train_step(
-                joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, options["bf16"]))
-            if config == "fp32":
-                for path in paths[1:]:
-                    candidates[f"joint{path}_{config}_t{t}"] = with_threads(t, _train_step(
-                        joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False, path))
-    for call in candidates.values():
-        call()
-    samples = interleaved(candidates, rounds, "joint_step")
+            candidates[f"fp32_{config}_t{t}"] = with_threads(t, on_path(tables[default], _train_step(
+                fp32, torch.optim.Adam(fp32.parameters(), 1e-4), images, labels, None, options["bf16"])))
+            candidates[f"joint_{config}_t{t}"] = with_threads(t, on_path(tables[default], _train_step(
+                joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, options["bf16"])))
+            if config == "fp32" and default != "compiled":
+                candidates[f"jointcompiled_{config}_t{t}"] = with_threads(t, on_path(tables["compiled"], _train_step(
+                    joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False)))
+    was = torch.get_num_threads()
+    timer = SideBySide(candidates)
+    try:
+        timer.warm_up(1)
+        timer.run(rounds)
+    finally:
+        lsq._KERNELS.update(tables[default])
+        torch.set_num_threads(was)
+    end_load = load()
+
+    def epoch_s(name):
+        return round(timer.ms(name) * STEPS_PER_EPOCH / 1e3, 1)
+
     rows = {}
-    for config in configs:
-        for t in threads:
+    for t in threads:
+        per_config = {}
+        for config in configs:
             a, b = f"joint_{config}_t{t}", f"fp32_{config}_t{t}"
-            value = ratio(samples, a, b, divide=len(BITS))
-            plain = f"fp32_fp32_t{t}"
-            rows[f"joint_step_vs_4x_fp32_{config}_t{t}"] = row(
-                value, "× (joint {8,6,4,2} step ÷ 4 FP32 steps of the same configuration)", f"≤ {JOINT_GOAL}",
-                value <= JOINT_GOAL,
-                detail={
-                    "value_is": f"ResNet-20, batch {batch} random 32×32 images, plain quantize_model + set_bits loop "
-                                f"(forward/backward per bit-width, one Adam step), {config}, {t} thread(s), wall "
-                                f"time; median of per-round ratios, {rounds} rounds",
-                    "cpu_time_ratio": ratio(samples, a, b, "cpu", len(BITS)),
-                    "joint_step_ms": median_ms(samples, a), "fp32_step_ms": median_ms(samples, b),
-                    "fp32_epoch_s": round(median_ms(samples, b) * STEPS_PER_EPOCH / 1e3, 1),
-                    "joint_epoch_s": round(median_ms(samples, a) * STEPS_PER_EPOCH / 1e3, 1),
-                    "epoch_is": f"{STEPS_PER_EPOCH} steps of batch {batch} (CIFAR-10), bare steps without the loader",
-                    "fp32_images_per_s": round(batch / (median_ms(samples, b) / 1e3), 1),
-                    "fp32_step_vs_plain_fp32": ratio(samples, b, plain) if b != plain and plain in samples else 1.0,
-                    "joint_step_vs_plain_joint": ratio(samples, a, f"joint_fp32_t{t}")
-                    if f"joint_fp32_t{t}" in samples else 1.0,
-                    "other_paths_vs_4x_fp32": {path: ratio(samples, f"joint{path}_{config}_t{t}", b, divide=len(BITS))
-                                               for path in paths[1:] if f"joint{path}_{config}_t{t}" in samples},
-                    "other_paths_joint_step_ms": {path: median_ms(samples, f"joint{path}_{config}_t{t}")
-                                                  for path in paths[1:] if f"joint{path}_{config}_t{t}" in samples},
-                    "load_average_start": start_load, "load_average_end": load(),
-                })
+            per_config[config] = {
+                "joint_vs_4x_fp32": timer.ratio(a, b, len(BITS)),
+                "cpu_time_ratio": timer.ratio(a, b, len(BITS), "cpu"),
+                "joint_step_ms": timer.ms(a), "fp32_step_ms": timer.ms(b),
+                "joint_epoch_s": epoch_s(a), "fp32_epoch_s": epoch_s(b),
+                "fp32_images_per_s": round(batch / (timer.ms(b) / 1e3), 1),
+                "fp32_step_vs_default": timer.ratio(b, f"fp32_fp32_t{t}"),
+                "joint_step_vs_default": timer.ratio(a, f"joint_fp32_t{t}")}
+        compiled = f"jointcompiled_fp32_t{t}"
+        if compiled in candidates:
+            per_config["fp32_compiled_fakequant"] = {
+                "joint_vs_4x_fp32": timer.ratio(compiled, f"fp32_fp32_t{t}", len(BITS)),
+                "joint_step_ms": timer.ms(compiled), "joint_epoch_s": epoch_s(compiled),
+                "joint_step_vs_default": timer.ratio(compiled, f"joint_fp32_t{t}"),
+                "compile_s_first_call": round(timer.first_call_s[compiled], 1)}
+        main = per_config["fp32"]
+        common = {"threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
+                  "epoch_is": f"{STEPS_PER_EPOCH} steps of batch {batch} (CIFAR-10 train), bare steps without the "
+                              "loader, from the median step time",
+                  "load_average_start": start_load, "load_average_end": end_load}
+        beside = "; ".join(f"{name} {entry['joint_vs_4x_fp32']:.2f} (epochs {entry.get('fp32_epoch_s', '–')} / "
+                           f"{entry['joint_epoch_s']} s)" for name, entry in per_config.items() if name != "fp32")
+        value = main["joint_vs_4x_fp32"]
+        ts = f"{t} thread{'s' if t > 1 else ''}"
+        rows[f"joint_step_vs_4x_fp32_t{t}"] = row(
+            value, "× (joint {8,6,4,2} step ÷ 4 FP32 steps of the same configuration)", f"≤ {JOINT_GOAL}",
+            value <= JOINT_GOAL,
+            label=f"joint {{8,6,4,2}} step ÷ 4 FP32 steps, ResNet-20 batch {batch}, plain quantize_model + set_bits "
+                  f"loop, {ts}, default path (fp32, {default} fake-quant)",
+            summary=f"epochs FP32 {main['fp32_epoch_s']} s / joint {main['joint_epoch_s']} s; beside it (ratio, "
+                    f"epochs FP32 / joint): {beside}; load {start_load}",
+            detail={"value_is": f"ResNet-20, batch {batch} random 32×32 images, forward/backward per bit-width then "
+                                f"one Adam step, default configuration, {ts} set with torch.set_num_threads in this "
+                                f"process, wall time; median of {rounds} per-round ratios",
+                    "by_configuration": per_config, **common})
+        fastest = min(configs, key=lambda c: per_config[c]["fp32_step_ms"])
+        for config in configs:
+            entry = per_config[config]
+            rows[f"fp32_step_images_per_s_{config}_t{t}"] = row(
+                entry["fp32_images_per_s"], "images/s (FP32 ResNet-20 training step, batch "
+                                            f"{batch}, Adam)", REPORT,
+                label=f"FP32 ResNet-20 training step, batch {batch}, {ts}, {config}"
+                      + (" (the default)" if config == "fp32" else ""),
+                summary=f"{entry['fp32_step_ms']:.0f} ms a step, epoch {entry['fp32_epoch_s']} s; "
+                        f"{entry['fp32_step_vs_default']:.2f}× the default's step time; load {start_load}",
+                detail={"value_is": f"batch ÷ median step time, {config}, {ts}", **entry, **common})
+        slowdown = timer.ratio(f"fp32_fp32_t{t}", f"fp32_{fastest}_t{t}")
+        rows[f"fp32_default_vs_fastest_t{t}"] = row(
+            slowdown, "× (default FP32 step time ÷ the fastest configuration's)",
+            "1: the default is the fastest path (that keeps accuracy: speed_bf16_accuracy)", fastest == "fp32",
+            label=f"FP32 ResNet-20 training step: the default (plain) ÷ the fastest of {list(configs)}, {ts}",
+            summary=f"fastest: {fastest} ({per_config[fastest]['fp32_images_per_s']} img/s against "
+                    f"{main['fp32_images_per_s']}); load {start_load}",
+            detail={"fastest": fastest, "images_per_s": {c: per_config[c]["fp32_images_per_s"] for c in configs},
+                    **common})
     return rows
 
 
-# ------------------------------------------------------------------------------------------- bf16 accuracy
+# --------------------------------------------------------------------------------- through JointTrainer
+
+def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = None) -> dict:
+    """Joint {8,6,4,2} ``JointTrainer.train_step`` ÷ 4 FP32 ``train_step``, ResNet-20, as ``labkit train`` builds
+    them (``training.make_trainer``: Alg. A.2 with ALRS for the joint model, Adam for FP32). The default
+    configuration and fake-quant path is the row; the opt-in compiled fake-quant is beside it."""
+    import tempfile
+
+    import training
+
+    start_load = load()
+    default = lsq.fake_quant_path()
+    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
+    tables = capture_paths((default, "compiled"))
+    data = training.RandomImages(batch)
+    images, labels, indices = data.images, data.labels, torch.arange(batch)
+    paths = [default] + (["compiled"] if default != "compiled" else [])
+    was = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
+        trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch) for path in paths})
+        candidates = {}
+        for t in threads:
+            for name, trainer in trainers.items():
+                table = tables["compiled" if name == "jointcompiled" else default]
+                candidates[f"{name}_t{t}"] = with_threads(t, on_path(table, lambda trainer=trainer: trainer.train_step(
+                    images, labels, indices, epoch=0)))
+        timer = SideBySide(candidates)
+        try:
+            timer.warm_up(1)
+            timer.run(rounds)
+        finally:
+            lsq._KERNELS.update(tables[default])
+            torch.set_num_threads(was)
+    end_load = load()
+    rows = {}
+    for t in threads:
+        ts = f"{t} thread{'s' if t > 1 else ''}"
+        fp32 = f"fp32_t{t}"
+        by_path = {path: {"joint_vs_4x_fp32": timer.ratio(f"joint{path}_t{t}", fp32, len(BITS)),
+                          "cpu_time_ratio": timer.ratio(f"joint{path}_t{t}", fp32, len(BITS), "cpu"),
+                          "joint_step_ms": timer.ms(f"joint{path}_t{t}"),
+                          "joint_epoch_s": round(timer.ms(f"joint{path}_t{t}") * STEPS_PER_EPOCH / 1e3, 1)}
+                   for path in paths}
+        fp32_epoch = round(timer.ms(fp32) * STEPS_PER_EPOCH / 1e3, 1)
+        value = by_path[default]["joint_vs_4x_fp32"]
+        beside = "; ".join(f"{path} fake-quant {entry['joint_vs_4x_fp32']:.2f} (joint epoch {entry['joint_epoch_s']} s)"
+                           for path, entry in by_path.items() if path != default)
+        rows[f"joint_trainer_step_vs_4x_fp32_t{t}"] = row(
+            value, "× (JointTrainer.train_step, joint {8,6,4,2} ÷ 4 FP32)", f"≤ {JOINT_GOAL}", value <= JOINT_GOAL,
+            label=f"the same through JointTrainer.train_step (Alg. A.2, ALRS), ResNet-20 batch {batch}, {ts}, "
+                  f"default path ({default} fake-quant, TrainConfig defaults)",
+            summary=f"epochs FP32 {fp32_epoch} s / joint {by_path[default]['joint_epoch_s']} s; beside it: {beside}; "
+                    f"load {start_load}",
+            detail={"value_is": f"median of {rounds} per-round ratios, wall time, {ts} set with "
+                                "torch.set_num_threads in this process; random 32×32 images",
+                    "by_fake_quant_path": by_path, "fp32_step_ms": timer.ms(fp32), "fp32_epoch_s": fp32_epoch,
+                    "epoch_is": f"{STEPS_PER_EPOCH} steps of batch {batch}, bare steps, from the median step time",
+                    "threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
+                    "compile_s_first_call": {k: round(v, 1) for k, v in timer.first_call_s.items()
+                                             if k.startswith("jointcompiled")},
+                    "load_average_start": start_load, "load_average_end": end_load})
+    return rows
+
+
+# ---------------------------------------------------------------------------------- the live switchboard
 
 def _cifar_images(split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
     """Un-augmented, normalised CIFAR-10 images (``cifar10_transforms(train=False)``) and labels."""
     from labkit.data import cifar10, cifar10_transforms
 
-    data = cifar10(split, transform=cifar10_transforms(train=False))
+    data = cifar10(split, transform=cifar10_transforms(train=False), in_memory=False)
     pairs = [data[i] for i in indices]
     return torch.stack([image for image, _ in pairs]), torch.tensor([int(label) for _, label in pairs])
 
+
+def switchboard_section(quick: bool) -> dict:
+    """``measure_switchboard_latency`` on the shipped joint ResNet-20 and 256 CIFAR-10 test images (random images
+    and a freshly quantized ResNet-20 when no data or checkpoint is there), beside one FP32 forward pass."""
+    from labkit.widgets import measure_switchboard_latency
+
+    start_load = load()
+    images_n, rounds, moves = (32, 1, 2) if quick else (256, 3, 6)
+    try:
+        from labkit.checkpoints import load_shipped
+
+        model, fp32 = load_shipped("cifar10-resnet20"), load_shipped("cifar10-resnet20-fp32")
+        images, labels = _cifar_images("test", range(images_n))
+        source = f"shipped cifar10-resnet20 (and -fp32), the first {images_n} CIFAR-10 test images"
+    except Exception as error:  # no data root or no shipped checkpoint: the same compute on random inputs
+        torch.manual_seed(0)
+        fp32 = build_model("resnet20").eval()
+        model = labkit.quantize_model(build_model("resnet20"), bits=BITS).eval()
+        gen = torch.Generator().manual_seed(0)
+        images, labels = torch.randn(images_n, 3, 32, 32, generator=gen), torch.randint(0, 10, (images_n,),
+                                                                                          generator=gen)
+        source = (f"a freshly quantized ResNet-20 on {images_n} random images ({type(error).__name__}: "
+                  f"{str(error)[:120]})")
+    result = measure_switchboard_latency(model, images, labels, fp32_model=fp32, rounds=rounds, layer_moves=moves)
+    common = {"source": source, "threads": result["threads"], "load_average_start": start_load,
+              "load_average_end": load(), "kernel_side_only": "from the control's change to the last widget message "
+              "sent; the browser's rendering is not included (tests/test_browser.py drives a real browser)",
+              "measurement": {k: (r3(v) if isinstance(v, float) else v) for k, v in result.items()}}
+    ts = f"{result['threads']} thread{'s' if result['threads'] > 1 else ''}"
+    uniform, extra = result["uniform_move_ms"], result["per_layer_extra_ms"]
+    return {
+        "switchboard_uniform_move_ms": row(
+            uniform, "ms, a uniform slider move (kernel side, median; trained bit-widths precomputed)",
+            f"≤ {result['uniform_goal_ms']:.0f} ms", result["uniform_goal_met"],
+            label=f"precision switchboard, uniform move, ResNet-20, {images_n} images, kernel side, {ts}",
+            summary=f"max {result['uniform_move_max_ms']:.0f} ms; {result['uniform_per_forward']:.2f}× one "
+                    f"forward pass ({result['forward_ms']:.0f} ms); {result['messages_per_uniform_move']:.0f} "
+                    f"messages, {result['bytes_per_uniform_move'] / 1e3:.1f} kB; precompute "
+                    f"{result['precompute_ms'] / 1e3:.1f} s after opening ({result['open_ms']:.0f} ms); "
+                    f"load {start_load}",
+            detail={"value_is": f"median over {result['uniform_moves']} moves", **common}),
+        "switchboard_per_layer_move_extra_ms": row(
+            extra, "ms, a per-layer change minus one forward pass timed just before it (kernel side, median)",
+            f"≤ {result['per_layer_extra_goal_ms']:.0f} ms over one forward pass", result["per_layer_goal_met"],
+            label=f"precision switchboard, per-layer change to a setting not seen yet, ResNet-20, {images_n} images, "
+                  f"kernel side, {ts}",
+            summary=f"move {result['per_layer_move_ms']:.0f} ms = {result['per_layer_per_forward']:.2f}× one "
+                    f"quantized forward pass ({result['forward_ms']:.0f} ms; FP32 {result['fp32_forward_ms']:.0f} ms"
+                    f"); {result['messages_per_layer_move']:.0f} messages, "
+                    f"{result['bytes_per_layer_move'] / 1e3:.1f} kB; load {start_load}",
+            detail={"value_is": f"median over {result['per_layer_moves']} moves of (move − forward pass)", **common}),
+    }
+
+
+# ------------------------------------------------------------------------------------------- bf16 accuracy
 
 def bf16_accuracy_section(quick: bool) -> dict:
     """FP32 fine-tuning from the shipped FP32 ResNet-20: the loss curve with bf16 autocast (and channels_last)
@@ -366,6 +575,8 @@ def bf16_accuracy_section(quick: bool) -> dict:
     gap = max(abs(a - b) for a, b in zip(smoothed(curves["bf16"]), smoothed(curves["fp32"])))
     return {"bf16_finetune_loss_gap": row(
         gap, f"max |mean loss bf16 − mean loss fp32| over windows of {window} steps", "report (accuracy check)",
+        label=f"bf16 autocast FP32 fine-tuning: loss gap to fp32, {steps} steps of the shipped ResNet-20",
+        summary=f"top-1 after ({test_images} test images): {accuracy}; load {start_load}",
         detail={"value_is": f"FP32 fine-tuning of the shipped cifar10-resnet20-fp32, {steps} SGD steps (lr 0.01, "
                             f"momentum 0.9), batch {batch} un-augmented CIFAR-10 train images, same seed and batches",
                 "test_top1_percent_after": accuracy, "test_images": test_images,
@@ -373,96 +584,3 @@ def bf16_accuracy_section(quick: bool) -> dict:
                                                     round(statistics.mean(v[-window:]), 4)] for k, v in curves.items()},
                 "loss_curves": curves, "seconds": seconds, "threads": torch.get_num_threads(),
                 "load_average_start": start_load, "load_average_end": load()})}
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-def measure(quick: bool = False, sections=SECTIONS, threads=(1, 2), compiled: bool = False,
-            configs=tuple(CONFIGS), rounds: int | None = None) -> dict:
-    rows = {}
-    was = torch.get_num_threads()
-    try:
-        if "fakequant" in sections:
-            rows.update(fakequant_section(quick, tuple(threads), compiled))
-        if "joint_step" in sections:
-            rows.update(joint_step_section(quick, tuple(threads), tuple(configs), compiled, rounds))
-        if "bf16_accuracy" in sections:
-            torch.set_num_threads(max(threads))
-            rows.update(bf16_accuracy_section(quick))
-    finally:
-        torch.set_num_threads(was)
-        use_fake_quant_path("fused")
-    return rows
-
-
-def markdown(rows: dict, meta: dict) -> str:
-    lines = [f"# Speed (`benchmarks/speed.py`{' --quick' if meta['quick'] else ''})", "",
-             f"{meta['hardware']}; torch {meta['torch']}; measured {meta['finished']}; load average "
-             f"{meta['load_average_start']} → {meta['load_average_end']} (1, 5, 15 min).", "",
-             "| row | value | goal | met | detail |", "|---|---|---|---|---|"]
-    for name, entry in rows.items():
-        detail = entry.get("detail", {})
-        extra = ""
-        if name.startswith("fakequant"):
-            table = detail["ratio_by_path_method_bits"]
-            extra = "; ".join(f"{k.replace('_wall', '')}: " + ", ".join(f"{b}b {v}" for b, v in table[k].items())
-                              for k in table if k.endswith("_wall"))
-            extra += (f" (CPU-time, default: {table['fused_dr_cpu' if 'fused_dr_cpu' in table else 'fused_cpu']}); "
-                      f"load {detail['load_average_start']}")
-        elif name.startswith("joint_step"):
-            extra = (f"joint {detail['joint_step_ms']:.0f} ms, FP32 {detail['fp32_step_ms']:.0f} ms "
-                     f"({detail['fp32_images_per_s']} img/s); epoch FP32 {detail['fp32_epoch_s']} s, joint "
-                     f"{detail['joint_epoch_s']} s; CPU-time ratio {detail['cpu_time_ratio']}; load "
-                     f"{detail['load_average_start']}")
-            if detail.get("other_paths_vs_4x_fp32"):
-                extra += "; other fake-quant paths: " + ", ".join(
-                    f"{path} {value}" for path, value in detail["other_paths_vs_4x_fp32"].items())
-        elif name.startswith("bf16"):
-            extra = (f"top-1 after ({detail['test_images']} test images): {detail['test_top1_percent_after']}; mean "
-                     f"loss first/last window: {detail['mean_loss_first_last_window']}; {detail['threads']} thread(s), "
-                     f"load {detail['load_average_start']}")
-        met = {True: "yes", False: "NO"}.get(entry.get("met"), "–")
-        lines.append(f"| `{name}` | {entry['value']:.3f} | {entry['goal']} | {met} | {extra} |")
-    lines += ["", "Ratios are medians of per-round ratios of wall times taken side by side in one process "
-              "(`benchmarks/speed.py` docstring); `detail` in `speed_results.json` has every path, bit-width and "
-              "the CPU-time ratios."]
-    return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
-    parser.add_argument("--compiled", action="store_true", help="also time the opt-in torch.compile kernels")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"joint_step configurations, comma-separated: {', '.join(CONFIGS)}")
-    parser.add_argument("--rounds", type=int, default=None, help="joint_step rounds (default 5, quick 3)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--md", type=Path, default=DEFAULT_MD)
-    args = parser.parse_args(argv)
-    sections = [s for s in args.only.split(",") if s]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    threads = tuple(int(t) for t in args.threads.split(","))
-    meta = {"command": " ".join(sys.argv), "hardware": hardware_summary(), "torch": torch.__version__,
-            "quick": args.quick, "threads": list(threads), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_start": load(), "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    configs = tuple(c for c in args.configs.split(",") if c)
-    if sorted(set(configs) - set(CONFIGS)):
-        parser.error(f"unknown configuration(s); choose from {', '.join(CONFIGS)}")
-    rows = measure(args.quick, sections, threads, args.compiled, configs, args.rounds)
-    meta.update(load_average_end=load(), finished=datetime.datetime.now().isoformat(timespec="seconds"))
-    previous = json.loads(args.json.read_text()) if args.json.exists() else {}
-    merged = {k: v for k, v in previous.items() if k != "_meta"}
-    merged.update(rows)
-    merged["_meta"] = meta
-    args.json.write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
-    args.md.write_text(markdown({k: v for k, v in merged.items() if k != "_meta"}, meta))
-    print(markdown(rows, meta))
-    return rows
-
-
-if __name__ == "__main__":
-    main()

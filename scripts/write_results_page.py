@@ -212,8 +212,8 @@ def weight_scale_section() -> list[str]:
                      + " | ".join(f"{acc[b]:.2f}" for b in ("8", "6", "4", "2")) + " |")
     lines += ["", "Top-1 (%) on the full 10,000-image test set, over 312 optimizer steps. One training seed each: the "
               "differences at 8, 6 and 4 bits are below the ~0.4-point standard error of one accuracy; the 2-bit one "
-              "is larger, but one seed cannot separate it from seed-to-seed spread, so it is a direction, not a "
-              "result. The seeded re-run of the suite (issue 12) should include `weight_scale_update=log`.", ""]
+              "is larger, but one seed cannot separate it from seed-to-seed spread, so it is not resolved at this "
+              "budget. The seeded re-run of the suite (issue 12) should include `weight_scale_update=log`.", ""]
     return lines
 
 

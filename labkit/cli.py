@@ -318,6 +318,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     run_suite(args.out, args.rows or None, profile=profile, show_progress=not args.quiet, seeds=args.seeds)
     if args.publish:
         print("published:", ", ".join(publish(args.out)) or "nothing (no finished row)")
+        from labkit.results_page import main as write_results_page
+
+        write_results_page()  # docs/RESULTS.md, its figures and the README's generated tables from the run files
     print(markdown_table(collect(args.out)))
     return 0
 

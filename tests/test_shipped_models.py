@@ -1,5 +1,4 @@
 """The long-profile shipped models' report (issue 12): drops, goals, curves and the README's generated blocks."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -65,10 +64,9 @@ def test_goals_cover_every_joint_stage_bit():
 
 
 def _results_page():
-    spec = importlib.util.spec_from_file_location("write_results_page", ROOT / "scripts" / "write_results_page.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from labkit import results_page
+
+    return results_page
 
 
 def test_readme_blocks_are_replaced_between_their_markers_only(tmp_path, capsys):
@@ -87,3 +85,16 @@ def test_the_committed_readme_blocks_equal_what_the_run_files_give():
     for name, body in (("suite", page.suite_block()), ("shipped-models", page.long_profile_block())):
         start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
         assert text.split(start, 1)[1].split(end, 1)[0].strip() == body.strip(), f"README block {name} is stale"
+
+
+def test_reproduce_publish_regenerates_the_page_after_copying_the_run_files(monkeypatch, tmp_path):
+    """Issue 12: `labkit reproduce --seeds 3 --publish` re-runs the suite and regenerates the page, in that order."""
+    from labkit import cli, reproduction, results_page
+
+    calls = []
+    monkeypatch.setattr(reproduction, "run_suite", lambda out, rows, **kw: calls.append(("run", kw["seeds"])))
+    monkeypatch.setattr(reproduction, "publish", lambda out: calls.append(("publish",)) or ["8642-alrs-a2"])
+    monkeypatch.setattr(reproduction, "collect", lambda out: [])
+    monkeypatch.setattr(results_page, "main", lambda: calls.append(("page",)))
+    assert cli.main(["reproduce", "--out", str(tmp_path), "--seeds", "3", "--publish", "--profile", "smoke"]) == 0
+    assert calls == [("run", 3), ("publish",), ("page",)]

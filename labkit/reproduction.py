@@ -105,6 +105,16 @@ ROWS: tuple[Row, ...] = (
         "Any-Precision style (DoReFa weights from FP32 masters)", setup=2,
         changed="ALRS's η_b slowed its per-bit activation scales; the baselines now train every scale at λ "
                 "(issue 10 item 2)"),
+    # Issue 12 item 4: the peer on the same data. Any-Precision DNN's own recipe (SHI-Labs/Any-Precision-DNNs,
+    # train.py and train_cifar10.sh; see labkit.quant.baselines.DoReFaWeightQuantizer): DoReFa weights and [0, 1]
+    # clamped activations, the top bit on the hard label and each lower bit on the next higher one's softmax,
+    # summed, one Adam step per batch (A.1), lr 1e-3, no weight decay, ×0.1 at 50/75/90 % of the steps. The
+    # authors train from scratch for 200 epochs; here, like every row, from the shipped FP32 at the suite budget.
+    Row("8642-any_precision-peer", "cifar10-resnet20",
+        {"method": "any_precision", "act_init": "dorefa", "kd": "recursive", "algorithm": "a1", "lr": 1e-3,
+         "weight_decay": 0.0, "lr_schedule": "multistep", "label_smoothing": 0.0}, "baselines",
+        "Any-Precision DNN, its authors' recipe (DoReFa weights and activations, recursive KD, one Adam 1e-3 step "
+        "per batch, step decay), from the shipped FP32 at the suite budget (the authors: 200 epochs from scratch)"),
     # Issue 14 item 3: the nested-integer peer. MatQuant trains one step per batch on the summed multi-bit loss
     # Σ_r λ_r·L_r with λ_r = 1 (Nair et al. 2025) — that is Alg. A.1's summed backward — with every scale at λ.
     # Its own recipe (A.1's step count) is compared with 8642-alrs-a1; the clean comparison of the two nested
@@ -309,6 +319,7 @@ SHORT_LABELS = {
     "432-alrs-a2": "{4,3,2} + ALRS, A.2", "432-noalrs-a2": "{4,3,2}, no ALRS, A.2",
     "8642-floor": "floor truncation", "8642-per_bit_scale": "per-bit scales (FP32 masters)",
     "8642-any_precision": "Any-Precision (DoReFa)", "8642-matquant": "MatQuant-style slicing",
+    "8642-any_precision-peer": "Any-Precision, its authors' recipe",
     "lsq-dedicated": "dedicated LSQ (one model per bit)", "432-geometric-a2": "{4,3,2} geometric ALRS",
     "8642-alrs-gradterm-a2": "+ Eq. 6 gradient term", "8642-alrs-pskd-a2": "+ PS-KD",
     "8642-alrs-logscale-a2": "weight scales by Adam on log s",

@@ -9,6 +9,10 @@ Scales are initialised on first use from the data: the LSQ rule ``2 · mean|X| /
 ``init="percentile"``, the 0.1/99.9 percentile range divided by the number of steps; with the percentile rule
 the signed variant's offset maps the code range onto that percentile range (``β = p0.1 − qmin · s``), so only
 the tails are clipped on data that is not centred on 0. (With the LSQ rule the offset starts at 0.)
+
+``init="dorefa"`` is Any-Precision DNN's activation quantizer (DoReFa-Net's, METHOD.md §7), not an initialisation
+of a learned scale: ``X̂ = round((2^b − 1) · clamp(X, 0, 1)) / (2^b − 1)`` with a straight-through round, i.e. the
+same fake-quantizer on ``clamp(X, 0, 1)`` with the step fixed at ``1 / (2^b − 1)``, not trained (unsigned inputs).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from torch import nn
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale
 from labkit.quant.ranges import check_bit_set, check_bits, int_range
 
-INIT_RULES = ("lsq", "percentile")
+INIT_RULES = ("lsq", "percentile", "dorefa")
 
 
 def _world_size() -> int:
@@ -42,6 +46,21 @@ class ActivationQuantizer(nn.Module):
         self.offset = nn.ParameterDict({str(b): nn.Parameter(torch.zeros(())) for b in self.bit_set}) if self.signed else None
         self.register_buffer("initialized", torch.zeros(len(self.bit_set), dtype=torch.bool))
         self._flags_seen: tuple | None = None  # ((id, version) of `initialized`, its values) last read
+        if init == "dorefa":
+            self._fix_dorefa_range()
+
+    @torch.no_grad()
+    def _fix_dorefa_range(self) -> None:
+        """DoReFa activations: the range [0, 1] in ``2^b − 1`` steps, fixed (the step is not a learned parameter)."""
+        if self.signed:
+            from labkit.config import ConfigError
+
+            raise ConfigError("act_init='dorefa' (Any-Precision / DoReFa activations) clamps the input to [0, 1]; "
+                              "it needs unsigned (post-ReLU) inputs, and this layer's can be negative. Use "
+                              "act_init='lsq' for this model.")
+        for bits in self.bit_set:
+            self.scale[str(bits)].fill_(1.0 / int_range(bits, signed=False)[1]).requires_grad_(False)
+        self.initialized.fill_(True)
 
     def is_initialized(self, bits: int) -> bool:
         """Whether the scale of ``bits`` was set from data. Reads the ``initialized`` buffer only when it changed
@@ -97,6 +116,8 @@ class ActivationQuantizer(nn.Module):
         self.initialized[index] = True
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if self.init == "dorefa":  # clamp first, as DoReFa does: no gradient above 1 (not even within half a step)
+            x = x.clamp(0.0, 1.0)
         if not self.is_initialized(bits):
             self.initialize(x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)

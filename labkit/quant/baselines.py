@@ -84,7 +84,26 @@ class PerBitScaleWeightQuantizer(WeightQuantizer):
 
 
 class DoReFaWeightQuantizer(WeightQuantizer):
-    """Any-Precision DNN weights: DoReFa on the FP32 masters, scaled by ``E = mean|W|``."""
+    """Any-Precision DNN weights: DoReFa on the FP32 masters, scaled by ``E = mean|W|`` (METHOD.md §7).
+
+    What its authors do (Yu et al., AAAI 2021; code ``SHI-Labs/Any-Precision-DNNs``):
+
+    - weights (``models/quan_ops.py``, ``weight_quantize_fn``): ``t = tanh W / (2 max|tanh W|) + 1/2`` over the
+      whole tensor, ``Ŵ = E · (2 · round((2^b − 1) t) / (2^b − 1) − 1)``, ``E = mean|W|`` detached, the round
+      straight-through — this class;
+    - activations (``models/resnet_quan.py`` ``Activate``, ``quan_ops.py`` ``activation_quantize_fn``): clamp to
+      [0, 1] in place of the ReLU, then ``round((2^b − 1) x) / (2^b − 1)``, straight-through, nothing learned —
+      the lab's ``act_init="dorefa"`` (:class:`~labkit.quant.activation.ActivationQuantizer`);
+    - one BN per bit-width (``SwitchBatchNorm2d``); the first conv, the 1×1 shortcut convs and the classifier FP32;
+    - training (``train.py``, ``train_cifar10.sh``): CIFAR-10 pre-activation ResNet-20 five times as wide, bits
+      {1, 2, 4, 8, 32}, from scratch, 200 epochs, batch 128, Adam 1e-3, no weight decay, ×0.1 after epochs 100,
+      150, 180; per batch the top bit-width with the hard label, then high → low each from the next higher one's
+      softmax, gradients summed, one step — recursive KD, :mod:`labkit.train.kd`.
+
+    What the lab does: the suite row ``8642-any_precision`` uses these weights with the lab's LSQ activations,
+    Alg. A.2 and Adam 5e-4; the row ``8642-any_precision-peer`` runs the authors' recipe above on the lab's
+    ResNet-20 and bit set {8,6,4,2}, from the same shipped FP32 and at the same budget as every row.
+    """
 
     method = "any_precision"
 

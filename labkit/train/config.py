@@ -27,7 +27,8 @@ class TrainConfig:
     keep_first_last: bool = True          # first and last layer stay FP32 (METHOD.md §4)
     weight_init: str = "auto"             # auto (each method's own default) | max | reference (the authors' 3σ
                                           # rule, METHOD.md §3) | ... (labkit.quant.weight.SCALE_INITS)
-    act_init: str = "lsq"                 # lsq | percentile (METHOD.md §3)
+    act_init: str = "lsq"                 # lsq | percentile (METHOD.md §3) | dorefa (Any-Precision: clamp to [0, 1],
+                                          # fixed step 1/(2^b − 1), not learned)
     algorithm: str = "a2"                 # a2: one step per bit-width high→low (paper); a1: accumulate, one step
     alrs: str = "eq7"                     # eq7 (paper Eq. 7) | geometric (reference code) | none
     alrs_gradient_term: bool = False      # Eq. 6 gradient term, opt-in and floored above zero
@@ -38,7 +39,8 @@ class TrainConfig:
                                           # (each layer's factor keyed on the bit it was sampled at)
     weight_scale_update: str = "adam"     # adam (paper: plain Adam on s) | log (opt-in: Adam on log s, stays > 0)
     weight_scale_log_lr: float = 20.0     # with log: log-space rate = this × the scale group's rate (1 %/step at 5e-4)
-    kd: str = "none"                      # none | pskd (progressive self-distillation) | recursive (Any-Precision)
+    kd: str = "none"                      # none | pskd (progressive self-distillation) | recursive (Any-Precision:
+                                          # each bit-width learns the next higher one's softmax)
     kd_alpha: float = 0.7
     optimizer: str = "adam"               # paper: Adam
     lr: float = 5e-4                      # paper: 5e-4
@@ -46,6 +48,7 @@ class TrainConfig:
     momentum: float = 0.9
     epochs: int = 200
     warmup_epochs: int = 0                # paper: no warm-up
+    lr_schedule: str = "cosine"           # cosine (the recipes) | multistep (Any-Precision: ×0.1 at 50/75/90 %)
     batch_size: int = 128
     train_subset: int | None = None       # a fixed seeded subset of the training set (smoke / laptop profiles)
     eval_subset: int | None = None
@@ -80,8 +83,9 @@ class TrainConfig:
             "rounding": ("half_even", "half_up"),
             "grad_mode": ("lsq", "reference"),
             "weight_init": tuple(SCALE_INITS),
-            "act_init": ("lsq", "percentile"),
+            "act_init": ("lsq", "percentile", "dorefa"),
             "algorithm": ("a1", "a2"),
+            "lr_schedule": ("cosine", "multistep"),
             "alrs": ("eq7", "geometric", "none"),
             "alrs_targets": ("scales", "scales_bn_bias"),
             "alrs_scope": ("paper", "all"),

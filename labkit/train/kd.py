@@ -4,8 +4,13 @@
   ``(1 − α_t) · onehot(y_i) + α_t · P[i]`` with ``α_t = α_max · (epoch + 1) / E``; after the top-bit pass
   ``P[i]`` is overwritten with that pass's softmax, so lower bits distil from the current top-bit prediction.
   There is no separate teacher.
-- Recursive KD (Any-Precision DNN): each bit-width distils from the soft prediction of the next higher
-  bit-width on the same batch, mixed with the hard label in equal parts.
+- Recursive KD (Any-Precision DNN, Yu et al., AAAI 2021): the highest bit-width learns the hard label; every
+  lower one learns only the softmax (temperature 1, no gradient) of the next higher bit-width's logits on the
+  same batch, by cross-entropy, no hard label. What its authors do (``SHI-Labs/Any-Precision-DNNs``,
+  ``train.py`` ``forward``, loss ``models/losses.py`` ``CrossEntropyLossSoft``): top bit-width first with
+  ``CrossEntropyLoss``, then high → low, each pass's loss backpropagated into the summed gradient and one
+  optimizer step per batch — in the lab that is ``kd="recursive"`` with ``algorithm="a1"``. (Until issue 12
+  the lab mixed the hard label in at 50 %, which the authors do not.)
 """
 from __future__ import annotations
 
@@ -55,9 +60,6 @@ class ProgressiveSelfDistillation:
         self.epochs, self.alpha_max = state["epochs"], state["alpha_max"]
 
 
-def recursive_targets(labels: torch.Tensor, higher_logits: torch.Tensor | None, num_classes: int) -> torch.Tensor:
-    """Any-Precision recursive KD target: half hard label, half the next higher bit-width's softmax."""
-    onehot = F.one_hot(labels, num_classes).float()
-    if higher_logits is None:
-        return onehot
-    return 0.5 * onehot + 0.5 * F.softmax(higher_logits.detach().float(), dim=1)
+def recursive_targets(higher_logits: torch.Tensor) -> torch.Tensor:
+    """Any-Precision recursive KD target of a bit-width: the next higher bit-width's softmax, detached (T = 1)."""
+    return F.softmax(higher_logits.detach().float(), dim=1)

@@ -30,7 +30,7 @@ from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_trainin
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, sum_across
 from labkit.train.kd import ProgressiveSelfDistillation, recursive_targets, soft_cross_entropy
-from labkit.train.optim import cosine_lr, make_optimizer, set_learning_rates
+from labkit.train.optim import cosine_lr, make_optimizer, multistep_lr, set_learning_rates
 
 class TrainingDiverged(LabkitError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -204,7 +204,7 @@ class JointTrainer:
         if self.pskd is not None:
             return soft_cross_entropy(logits, self.pskd.targets(indices, labels, self.num_classes, epoch))
         if self.config.kd == "recursive" and higher_logits is not None:
-            return soft_cross_entropy(logits, recursive_targets(labels, higher_logits, self.num_classes))
+            return soft_cross_entropy(logits, recursive_targets(higher_logits))
         return F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
 
     def _diverged(self, what: str, bits=None) -> TrainingDiverged:
@@ -270,9 +270,15 @@ class JointTrainer:
         for callback in self.step_callbacks:
             callback()
 
+    def learning_rate(self, step: int) -> float:
+        """λ at optimizer step ``step``: cosine (with warm-up) or, with ``lr_schedule="multistep"``, step decay."""
+        if self.config.lr_schedule == "multistep":
+            return multistep_lr(self.config.lr, step, self.total_steps)
+        return cosine_lr(self.config.lr, step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
+
     def train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
         """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass."""
-        lr = cosine_lr(self.config.lr, self.global_step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
+        lr = self.learning_rate(self.global_step)
         losses = {}
         if self.bits is None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -346,8 +352,7 @@ class JointTrainer:
     def _epoch_row(self, epoch: int, evaluations: dict) -> dict:
         sums = sum_across(torch.tensor(list(self.train_sums.values()), dtype=torch.float64), self.group).tolist()
         sums = dict(zip(self.train_sums, sums))
-        row = {"epoch": epoch + 1, "lr_end": cosine_lr(self.config.lr, self.global_step, self.total_steps,
-                                                       self.config.warmup_epochs * self.steps_per_epoch)}
+        row = {"epoch": epoch + 1, "lr_end": self.learning_rate(self.global_step)}
         for bits in (self.bits or (FP32,)):
             seen = max(sums.get(f"seen_{bits}", 0.0), 1.0)
             row[f"train_loss_{bits}"] = round(sums.get(f"loss_{bits}", 0.0) / seen, 6)

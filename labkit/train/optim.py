@@ -86,6 +86,16 @@ def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0
     return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+#: Any-Precision DNN's step decay (its CIFAR-10 script: ×0.1 after epochs 100, 150 and 180 of 200), as fractions.
+MULTISTEP_MILESTONES = (0.5, 0.75, 0.9)
+
+
+def multistep_lr(base_lr: float, step: int, total_steps: int, milestones=MULTISTEP_MILESTONES,
+                 gamma: float = 0.1) -> float:
+    """``base_lr · gamma^k``, k: how many ``milestones`` (fractions of ``total_steps``) ``step`` has reached."""
+    return base_lr * gamma ** sum(step >= m * total_steps for m in milestones)
+
+
 def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, factor=None) -> None:
     """Set every group's learning rate to ``lr · factor(group)`` (``factor``: a callable, or None for 1 everywhere)."""
     for group in optimizer.param_groups:

@@ -42,7 +42,7 @@ SETTINGS: dict[str, dict[str, dict]] = {
     },
     "06": {
         "smoke": {"eval_images": 256, "onnx_images": 16, "ptq_images": 256},
-        "laptop": {"eval_images": 2000, "onnx_images": 256, "ptq_images": 2000},
+        "laptop": {"eval_images": 1000, "onnx_images": 256, "ptq_images": 512},
         "paper": {"eval_images": None, "onnx_images": 1000, "ptq_images": None},
     },
 }

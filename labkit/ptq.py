@@ -211,3 +211,31 @@ def post_training_summary(records: list[dict]) -> str:
             cells.append(text + ("" if verdict["resolved"] else " (not resolved)"))
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _difference_cell(a: float, b: float, images: int) -> str:
+    verdict = difference_verdict(a, b, images)
+    text = f"{verdict['difference']:+.1f} ± {verdict['se']:.1f}".replace("-", "−")
+    return text + (" (resolved)" if verdict["resolved"] else " (not resolved)")
+
+
+def post_training_findings(records: list[dict], chance: float | None = None) -> str:
+    """Markdown bullets that say in words what :func:`post_training_comparison` measured, every number from
+    ``records`` (none typed in the notebook): post-training Double Rounding with re-estimated batch norms minus
+    the FP32 model on the same images, per bit, with the standard error of the difference and its verdict
+    (:func:`difference_verdict`); and, if the records have it, the variant without re-estimated batch norms per
+    bit with its binomial standard error (:func:`standard_error`), next to ``chance`` (%) when given."""
+    images, fp32 = records[0]["images"], records[0]["fp32"]
+    bits = list(records[0]["accuracy"])
+    with_bn = _record_of(records, "double_rounding")
+    lines = [f"* Post-training Double Rounding with re-estimated batch norms minus the FP32 model ({fp32:.1f} % on "
+             f"the same {images:,} test images), in points: "
+             + ", ".join(f"{b}-bit {_difference_cell(with_bn['accuracy'][b], fp32, images)}" for b in bits) + "."]
+    without_bn = [r for r in records if r.get("method") == "double_rounding" and not r.get("batch_norm")]
+    if without_bn:
+        accuracy = without_bn[0]["accuracy"]
+        lines.append("* Without re-estimating the batch norms: "
+                     + ", ".join(f"{b}-bit {accuracy[b]:.1f} ± {standard_error(accuracy[b], images):.1f} %"
+                                 for b in bits)
+                     + (f" (chance: {chance:.0f} %)" if chance is not None else "") + ".")
+    return "\n".join(lines)

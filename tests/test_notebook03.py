@@ -46,3 +46,42 @@ def test_no_claims_on_stale_rows_and_no_developer_remarks():
     assert r"a_b &\leftarrow a_b - \lambda_b\, U(\nabla_{a_b} L_b)" in text
     assert r"s_w &\leftarrow s_w - \lambda\, U\Big(\sum_b \eta_b \nabla_{s_w} L_b\Big)" in text
     assert r"\mathrm{BN}_b &\leftarrow \mathrm{BN}_b - \lambda\, U" in text
+
+
+def test_the_shipped_models_curves_follow_their_summary_and_say_so_when_the_run_files_are_missing(capsys):
+    import labkit.shipped_models as shipped_models
+
+    sources = [c.source for c in cells()]
+    summary = next(i for i, s in enumerate(sources) if "shipped_model_summary(" in s and "import" not in s)
+    text, code = cells()[summary + 1], cells()[summary + 2]
+    assert text.cell_type == "markdown" and code.cell_type == "code"
+    assert "stage_records()" in code.source and "long_profile_table(" in code.source
+    assert "training_curves_figure(" in code.source
+    flat = " ".join(text.source.split())
+    # the goals the text names are the ones the table checks
+    fp32_goal = f"FP32 ≥ {shipped_models.FP32_GOAL:.0f} %"
+    assert fp32_goal in flat
+    for goals in shipped_models.DROP_GOALS.values():
+        assert " / ".join(str(g) for g in goals.values()) in flat
+    assert "still climbs" in flat and "paper's drop" in flat
+    # no run files: stage_records() is empty and the cell prints one line instead of a table
+    shown = []
+    namespace = {"stage_records": lambda: [], "display": shown.append, "Markdown": str,
+                 "long_profile_table": shipped_models.long_profile_table,
+                 "training_curves_figure": shipped_models.training_curves_figure}
+    exec(code.source, namespace)
+    assert shown == [] and len(capsys.readouterr().out.strip().splitlines()) == 1
+
+
+def test_the_single_seed_paragraph_types_no_numbers_and_points_at_the_generated_sentences():
+    import re
+
+    (paragraph,) = [c.source for c in cells() if c.cell_type == "markdown" and "MatQuant-style slicing*" in c.source]
+    reading = paragraph[paragraph.index("Which keeps most accuracy"):]
+    assert not re.search(r"\d", reading.replace("95 %", "").replace("4 and 2 bits", "")), reading
+    assert "*Double Rounding − MatQuant-style slicing*" in reading and "*Double Rounding − floor" in reading
+    from labkit.reproduction import COMPARISONS
+
+    labels = {label for label, _, _ in COMPARISONS}
+    assert {"Double Rounding − MatQuant-style slicing", "Double Rounding − floor truncation"} <= labels
+    assert "312 steps" not in "\n".join(c.source for c in cells())  # the suite's budget is printed, not typed

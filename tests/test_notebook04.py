@@ -322,3 +322,18 @@ def test_checked_cells_are_tagged_and_deterministic():
     assert len(checked) >= 3
     for cell in checked:
         assert "progress=True" not in cell.source and "hessian_trace_estimates" not in cell.source
+
+
+def test_the_hessian_is_measured_on_the_fp32_model_of_the_supernets_lineage():
+    from labkit.checkpoints import shipped
+
+    (cell,) = [c for c in code_cells() if "hessian_trace_estimates(" in c.source]
+    assert 'load_shipped("cifar10-resnet20-fp32-laptop")' in cell.source
+    _, record = shipped("cifar10-resnet20-fp32-laptop")  # the model exists, with its provenance
+    assert record["accuracy"]["32"] > 0
+    markdown = "\n".join(c.source for c in notebook().cells if c.cell_type == "markdown")
+    assert "`cifar10-resnet20-fp32-laptop`, the lab's laptop-profile model that the shipped SuperNet descends" in markdown
+    (comparison,) = [c.source for c in notebook().cells if c.cell_type == "markdown"
+                     and "With vs without HASB" in c.source]
+    flat = " ".join(comparison.split())
+    assert "one seed" in flat and "not resolved at this budget" in flat

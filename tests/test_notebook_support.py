@@ -539,7 +539,11 @@ def test_collect_gives_no_drop_for_rows_evaluated_on_other_images(tmp_path):
 
 
 def _our_fp32() -> float:
-    return float(json.loads((SHIPPED / "cifar10-resnet20-fp32.json").read_text())["accuracy"]["32"])
+    """The FP32 top-1 the suite's drops are taken against: that of the model its rows start from, by its record."""
+    from labkit.reproduction import SUITE_BUDGET, SUITE_FP32
+
+    assert SUITE_BUDGET["init_from"] == f"shipped:{SUITE_FP32}"
+    return float(json.loads((SHIPPED / f"{SUITE_FP32}.json").read_text())["accuracy"]["32"])
 
 
 def test_collect_reads_rows_and_merges_the_dedicated_lsq_models(suite_root):

@@ -138,6 +138,10 @@ ROWS: tuple[Row, ...] = (
                 "L layers' weight scales as the paper writes it (issue 10 item 4)"),
     Row("8642-alrs-pskd-a2", "cifar10-resnet20", {"kd": "pskd"}, "open",
         "{8,6,4,2} + ALRS + PS-KD, Alg. A.2"),
+    # The fast path (issue 11 item 2): the main row with bf16 autocast and channels_last, the long profile's
+    # arithmetic; paired with 8642-alrs-a2 seed by seed, it shows whether accuracy is unchanged.
+    Row("8642-alrs-a2-bf16", "cifar10-resnet20", {"amp_bf16": True, "channels_last": True}, "open",
+        "{8,6,4,2} Double Rounding + ALRS, Alg. A.2, bf16 autocast + channels_last"),
     # Issue 10 item 10: the opt-in remedy for weight scales that Adam drives through zero.
     Row("8642-alrs-logscale-a2", "cifar10-resnet20", {"weight_scale_update": "log"}, "open",
         "{8,6,4,2} + ALRS, Alg. A.2, weight scales by Adam on log s (opt-in)"),
@@ -322,7 +326,7 @@ SHORT_LABELS = {
     "8642-any_precision-peer": "Any-Precision, its authors' recipe",
     "lsq-dedicated": "dedicated LSQ (one model per bit)", "432-geometric-a2": "{4,3,2} geometric ALRS",
     "8642-alrs-gradterm-a2": "+ Eq. 6 gradient term", "8642-alrs-pskd-a2": "+ PS-KD",
-    "8642-alrs-logscale-a2": "weight scales by Adam on log s",
+    "8642-alrs-logscale-a2": "weight scales by Adam on log s", "8642-alrs-a2-bf16": "Double Rounding + ALRS, bf16",
 }
 #: What a group of rows is, for the figure's legend (one colour per group).
 GROUP_NAMES = {"table4": "the paper's method (Table 4)", "controls": "control: equal optimizer steps",
@@ -505,6 +509,8 @@ COMPARISONS = (
     ("Double Rounding − Any-Precision", "8642-alrs-a2", "8642-any_precision"),
     ("Double Rounding − MatQuant-style slicing", "8642-alrs-a2", "8642-matquant"),
     ("Double Rounding − dedicated LSQ models", "8642-alrs-a2", "lsq-dedicated"),
+    ("Any-Precision, its authors' recipe − dedicated LSQ models", "8642-any_precision-peer", "lsq-dedicated"),
+    ("Any-Precision in the lab's A.2 loop − its authors' recipe", "8642-any_precision", "8642-any_precision-peer"),
 )
 #: The open questions of METHOD.md §4–5, compared the same way (results page).
 OPEN_COMPARISONS = (
@@ -512,6 +518,7 @@ OPEN_COMPARISONS = (
     ("Eq. 6 gradient term − Eq. 7 alone", "8642-alrs-gradterm-a2", "8642-alrs-a2"),
     ("PS-KD − no KD", "8642-alrs-pskd-a2", "8642-alrs-a2"),
     ("weight scales by Adam on log s − plain Adam", "8642-alrs-logscale-a2", "8642-alrs-a2"),
+    ("bf16 autocast + channels_last − fp32 arithmetic", "8642-alrs-a2-bf16", "8642-alrs-a2"),
 )
 
 

@@ -149,3 +149,15 @@ def test_cli_reproduce_passes_seeds(tmp_path, monkeypatch, capsys):
 def test_every_changed_row_says_why():
     assert all(r.changed for r in ROWS if r.setup > 1)
     assert {r.name for r in ROWS if r.setup > 1} >= {"8642-floor", "8642-alrs-a1", "8642-per_bit_scale", "lsq-2"}
+
+
+def test_bf16_row_is_the_main_row_with_only_the_arithmetic_changed():
+    """Issue 11 item 2: the bf16 + channels_last row differs from 8642-alrs-a2 in those two settings alone, and is
+    compared with it seed by seed."""
+    from labkit.reproduction import COMPARISONS, OPEN_COMPARISONS
+
+    main, fast = row("8642-alrs-a2"), row("8642-alrs-a2-bf16")
+    assert fast.recipe == main.recipe
+    assert fast.config_overrides() == {**main.config_overrides(), "amp_bf16": True, "channels_last": True}
+    assert ("bf16 autocast + channels_last − fp32 arithmetic", "8642-alrs-a2-bf16", "8642-alrs-a2") in OPEN_COMPARISONS
+    assert any(b == "lsq-dedicated" and a == "8642-any_precision-peer" for _, a, b in COMPARISONS)

@@ -23,7 +23,8 @@ RECIPE = "cifar10-resnet20"
 
 #: The live run's sizes per profile. ``laptop``: 128 steps of 64 images (4 passes each) and 1,000 test images
 #: at each of the four bit-widths (98 s of CPU time on one core of a 2-core Xeon, measured with 1 torch thread;
-#: 2-bit top-1 69 % on those 1,000 images at the end, one seed); ``smoke`` only shows that it runs (nbval);
+#: 2-bit top-1 69 % on those 1,000 images at the end, one seed, starting from the laptop-profile FP32 model now
+#: shipped as ``cifar10-resnet20-fp32-laptop``); ``smoke`` only shows that it runs (nbval);
 #: ``paper``: a full epoch of the 50,000 training images and the whole test set.
 LIVE_BUDGETS = {
     "smoke": {"train_images": 96, "batch_size": 32, "eval_images": 64},

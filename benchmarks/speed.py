@@ -53,7 +53,11 @@ HIGH = 8
 THREADS = (1, 2)
 FAKEQUANT_GOAL = 0.8
 JOINT_GOAL = 1.15
-STEPS_PER_EPOCH = math.ceil(50_000 / 128)  # CIFAR-10 train set at batch 128
+CIFAR10_TRAIN = 50_000
+
+
+def steps_per_epoch(batch: int) -> int:
+    return math.ceil(CIFAR10_TRAIN / batch)
 REPORT = "report (no goal set)"
 
 
@@ -336,7 +340,7 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
     end_load = load()
 
     def epoch_s(name):
-        return round(timer.ms(name) * STEPS_PER_EPOCH / 1e3, 1)
+        return round(timer.ms(name) * steps_per_epoch(batch) / 1e3, 1)
 
     rows = {}
     for t in threads:
@@ -353,15 +357,15 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                 "joint_step_vs_default": timer.ratio(a, f"joint_fp32_t{t}")}
         compiled = f"jointcompiled_fp32_t{t}"
         if compiled in candidates:
-            per_config["fp32_compiled_fakequant"] = {
+            per_config["compiled fake-quant"] = {
                 "joint_vs_4x_fp32": timer.ratio(compiled, f"fp32_fp32_t{t}", len(BITS)),
                 "joint_step_ms": timer.ms(compiled), "joint_epoch_s": epoch_s(compiled),
                 "joint_step_vs_default": timer.ratio(compiled, f"joint_fp32_t{t}"),
                 "compile_s_first_call": round(timer.first_call_s[compiled], 1)}
         main = per_config["fp32"]
         common = {"threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
-                  "epoch_is": f"{STEPS_PER_EPOCH} steps of batch {batch} (CIFAR-10 train), bare steps without the "
-                              "loader, from the median step time",
+                  "epoch_is": f"{steps_per_epoch(batch)} steps of batch {batch} (CIFAR-10 train), bare steps "
+                              "without the loader, from the median step time",
                   "load_average_start": start_load, "load_average_end": end_load}
         beside = "; ".join(f"{name} {entry['joint_vs_4x_fp32']:.2f} (epochs {entry.get('fp32_epoch_s', '–')} / "
                            f"{entry['joint_epoch_s']} s)" for name, entry in per_config.items() if name != "fp32")
@@ -443,9 +447,9 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
         by_path = {path: {"joint_vs_4x_fp32": timer.ratio(f"joint{path}_t{t}", fp32, len(BITS)),
                           "cpu_time_ratio": timer.ratio(f"joint{path}_t{t}", fp32, len(BITS), "cpu"),
                           "joint_step_ms": timer.ms(f"joint{path}_t{t}"),
-                          "joint_epoch_s": round(timer.ms(f"joint{path}_t{t}") * STEPS_PER_EPOCH / 1e3, 1)}
+                          "joint_epoch_s": round(timer.ms(f"joint{path}_t{t}") * steps_per_epoch(batch) / 1e3, 1)}
                    for path in paths}
-        fp32_epoch = round(timer.ms(fp32) * STEPS_PER_EPOCH / 1e3, 1)
+        fp32_epoch = round(timer.ms(fp32) * steps_per_epoch(batch) / 1e3, 1)
         value = by_path[default]["joint_vs_4x_fp32"]
         beside = "; ".join(f"{path} fake-quant {entry['joint_vs_4x_fp32']:.2f} (joint epoch {entry['joint_epoch_s']} s)"
                            for path, entry in by_path.items() if path != default)
@@ -458,7 +462,8 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
             detail={"value_is": f"median of {rounds} per-round ratios, wall time, {ts} set with "
                                 "torch.set_num_threads in this process; random 32×32 images",
                     "by_fake_quant_path": by_path, "fp32_step_ms": timer.ms(fp32), "fp32_epoch_s": fp32_epoch,
-                    "epoch_is": f"{STEPS_PER_EPOCH} steps of batch {batch}, bare steps, from the median step time",
+                    "epoch_is": f"{steps_per_epoch(batch)} steps of batch {batch}, bare steps, from the median "
+                                "step time",
                     "threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
                     "compile_s_first_call": {k: round(v, 1) for k, v in timer.first_call_s.items()
                                              if k.startswith("jointcompiled")},

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HEADING = "## Benchmarks"
+WIDTH = 120  # prose lines of the section; table rows stay one line each
 COLUMNS = ("measurement", "value", "goal", "met", "measured", "beside it (opt-in paths, setup)")
 
 
@@ -71,30 +73,32 @@ def table_rows(results: dict) -> list[str]:
     return lines
 
 
+def _prose(text: str) -> str:
+    return textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False)
+
+
 def section(results: dict, note: str | None = None) -> str:
     """The whole ``## Benchmarks`` section (ending in one blank line) for ``results``."""
     meta = results.get("_meta", {})
     rows = [entry for name, entry in results.items() if not name.startswith("_")]
     met = sum(entry.get("met") is True for entry in rows)
     goals = sum("met" in entry for entry in rows)
-    lines = [
-        HEADING, "",
-        "One command measures everything and writes `benchmarks/results.json`; `benchmarks/write_table.py` turns it "
-        "into this section (generated: do not edit by hand). Method, groups and goals: "
-        "[`benchmarks/README.md`](benchmarks/README.md).", "",
-        "```bash",
-        "OMP_NUM_THREADS=1 LABKIT_DATA=../shared/data .venv/bin/python benchmarks/run.py   # --quick, --only GROUP",
-        ".venv/bin/python benchmarks/write_table.py                                           # this section",
-        "```", "",
-        f"Hardware of the last run: {meta.get('hardware', 'unknown')}; default {meta.get('threads')} torch "
-        f"thread(s) (the issue-11 rows set 1 and 2 themselves); load average {meta.get('load_start')} at its start, "
-        f"{meta.get('load_end')} at its end. Rows keep the date of the run that measured them. Every ratio is "
-        "timed side by side in one process (medians of per-round ratios); absolute times are wall clock on a "
-        "shared machine and are not comparable across runs. "
-        f"{met} of the {goals} rows with a goal meet it.",
-    ]
+    intro = ("One command measures everything and writes `benchmarks/results.json`; `benchmarks/write_table.py` "
+             "turns it into this section (generated: do not edit by hand). Method, groups and goals: "
+             "[`benchmarks/README.md`](benchmarks/README.md).")
+    setup = (f"Hardware of the last run: {meta.get('hardware', 'unknown')}; default {meta.get('threads')} torch "
+             f"thread(s) (the issue-11 rows set 1 and 2 themselves); load average {meta.get('load_start')} at its "
+             f"start, {meta.get('load_end')} at its end. Rows keep the date of the run that measured them. Every "
+             "ratio is timed side by side in one process (medians of per-round ratios); absolute times are wall "
+             f"clock on a shared machine and are not comparable across runs. {met} of the {goals} rows with a goal "
+             "meet it.")
+    lines = [HEADING, "", _prose(intro), "",
+             "```bash",
+             "OMP_NUM_THREADS=1 LABKIT_DATA=../shared/data .venv/bin/python benchmarks/run.py  # --quick, --only GROUP",
+             ".venv/bin/python benchmarks/write_table.py  # this section, from benchmarks/results.json",
+             "```", "", _prose(setup)]
     if note:
-        lines += ["", note.strip()]
+        lines += ["", _prose(note.strip())]
     lines += [""] + table_rows(results) + [""]
     return "\n".join(lines) + "\n"
 

@@ -90,7 +90,7 @@ def trainer_for(bits, device, out_dir, train_set, amp=False, channels_last=False
 
 def prepare(trainer: JointTrainer, images: torch.Tensor, labels: torch.Tensor):
     images = images.to(trainer.device, non_blocking=True)
-    if trainer.config.channels_last:
+    if trainer.channels_last:
         images = images.to(memory_format=torch.channels_last)
     return images, labels.to(trainer.device, non_blocking=True)
 

@@ -222,7 +222,7 @@ def test_long_profile_trains_the_shipped_cifar_models_on_every_image():
     """The long budget (issue 12): full training set, FP32 30 epochs with warm-up, joint runs from FP32."""
     fp32 = recipe_config("cifar10-resnet20-fp32", "long")
     assert (fp32.epochs, fp32.warmup_epochs, fp32.train_subset, fp32.bits) == (30, 1, None, None)
-    assert fp32.amp_bf16 and fp32.channels_last and fp32.label_smoothing == 0.1
+    assert fp32.amp_bf16 is None and fp32.channels_last is None and fp32.label_smoothing == 0.1  # auto
     joint, low = recipe_config("cifar10-resnet20", "long"), recipe_config("cifar10-resnet20-432", "long")
     assert (joint.bits, joint.epochs, joint.train_subset, joint.lr) == ((8, 6, 4, 2), 6, None, 5e-4)
     assert (low.bits, low.epochs, low.init_from) == ((4, 3, 2), 5, "auto")

@@ -58,8 +58,9 @@ class TrainConfig:
     eval_every: int = 1                   # evaluate every N epochs (and always after the last)
     deterministic: bool = True
     device: str = "auto"                  # auto | cpu | cuda
-    amp_bf16: bool = False                # bf16 autocast (CUDA)
-    channels_last: bool = False
+    amp_bf16: bool | None = False         # bf16 autocast; None: where the device has native bf16
+                                          # (labkit.train.arithmetic), off elsewhere
+    channels_last: bool | None = False    # None: together with bf16 autocast
     compile_quant: bool = False           # torch.compile-fused fake-quant kernels
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only

@@ -29,6 +29,7 @@ from labkit.train.alrs import AdaptiveScaleLR, alrs_rule_for, per_bit_parameters
 from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_training_checkpoint, restore_rng
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, sum_across
+from labkit.train.arithmetic import resolve_arithmetic
 from labkit.train.kd import ProgressiveSelfDistillation, recursive_targets, soft_cross_entropy
 from labkit.train.optim import cosine_lr, make_optimizer, multistep_lr, set_learning_rates
 
@@ -81,7 +82,9 @@ class JointTrainer:
 
             # Batch norm over the global batch, so N processes train exactly like one with the same batch.
             self.model = convert_sync_batchnorm(self.model, self.device)
-        if config.channels_last:
+        # bf16 autocast and channels_last as set, or (None) chosen for the device: labkit.train.arithmetic
+        self.amp_bf16, self.channels_last = resolve_arithmetic(config.amp_bf16, config.channels_last, self.device)
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_set = WithIndex(train_set)
         self.train_size = min(len(train_set), config.train_subset or len(train_set))
@@ -192,12 +195,12 @@ class JointTrainer:
     # ---------------------------------------------------------------- one step
     def _prepare(self, images: torch.Tensor, labels: torch.Tensor):
         images = images.to(self.device, non_blocking=True)
-        if self.config.channels_last:
+        if self.channels_last:
             images = images.to(memory_format=torch.channels_last)
         return images, labels.to(self.device, non_blocking=True)
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp_bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp_bf16):
             return self.train_model(images).float()
 
     def _loss(self, logits, labels, indices, bits, higher_logits, epoch):
@@ -342,8 +345,8 @@ class JointTrainer:
         for bits in bits_list or (self.bits or (FP32,)):
             if bits != FP32:
                 set_bits(self.model, bits)
-            counts = torch.tensor(count_correct(self.model, loader, self.device, self.config.amp_bf16,
-                                                self.config.channels_last), dtype=torch.float64)
+            counts = torch.tensor(count_correct(self.model, loader, self.device, self.amp_bf16,
+                                                self.channels_last), dtype=torch.float64)
             counts = sum_across(counts, self.group)
             results[bits] = round(100.0 * float(counts[0]) / max(float(counts[1]), 1.0), 4)
         return results

@@ -256,6 +256,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         "profile": profile,
         "budget": budget(config, trainer, profile),
         "alrs_applied": trainer.alrs_rule if config.bits else None,
+        "arithmetic": {"amp_bf16": trainer.amp_bf16, "channels_last": trainer.channels_last},
         "hardware": lab_config.hardware_summary(),
         "world_size": group.world_size,
     }

@@ -50,3 +50,25 @@ def test_trainer_resolves_auto_for_its_device_and_records_it(tmp_path, monkeypat
     monkeypatch.setattr(arithmetic, "cpu_flags", lambda: {"avx512_bf16"})
     trainer = make_trainer(tmp_path / "off", amp_bf16=False, channels_last=False)
     assert (trainer.amp_bf16, trainer.channels_last) == (False, False)
+
+
+def test_cuda_auto_ignores_emulated_bf16(monkeypatch):
+    """A pre-Ampere GPU reports bf16 'supported' only through emulation: auto must leave it off."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: calls.append(including_emulation) or including_emulation)
+    assert native_bf16(torch.device("cuda")) is False and calls == [False]
+
+
+def test_evaluation_runs_in_fp32_under_bf16_training(tmp_path, monkeypatch):
+    """Training under bf16 autocast is evaluated in fp32 (the stored/exported model's arithmetic)."""
+    import labkit.train.loop as loop
+    from tests.test_train_loop import make_trainer
+
+    seen = []
+    real = loop.count_correct
+    monkeypatch.setattr(loop, "count_correct", lambda *a, **k: seen.append(a[3]) or real(*a, **k))
+    trainer = make_trainer(tmp_path, amp_bf16=True, channels_last=True)
+    trainer.evaluate(trainer.eval_sets["test"])
+    assert trainer.amp_bf16 and seen == [False, False, False]  # one fp32 evaluation per bit-width of (8, 4, 2)

@@ -3,10 +3,11 @@
 ``TrainConfig.amp_bf16`` / ``channels_last`` are ``True``, ``False`` or ``None`` (auto). Auto turns bf16 autocast
 on where the device has native bf16 arithmetic — a CUDA GPU with bf16 support, or a CPU with the AVX-512 BF16 or
 AMX-BF16 instructions — and channels_last follows that choice; elsewhere both stay off, because emulated bf16 is
-slower than fp32. The fake-quant arithmetic itself stays in fp32 under autocast (``labkit.quant.lsq``).
+slower than fp32. The fake-quant arithmetic itself stays in fp32 under autocast (``labkit.quant.lsq``), but its
+output enters each convolution in bf16, so evaluation always runs in fp32 (``JointTrainer.evaluate``).
 
 Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/run.py --only speed_joint``, 1 thread): an FP32
-ResNet-20 step 2.0× faster with bf16 + channels_last, a joint {8,6,4,2} step 2.1×; whether accuracy is unchanged is
+ResNet-20 step about 2× faster with bf16 (``benchmarks/results.json``); whether accuracy is unchanged is
 the suite's paired row ``8642-alrs-a2-bf16`` against ``8642-alrs-a2`` (docs/RESULTS.md).
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
     """True where ``device`` computes bf16 natively (CUDA bf16 support, or a CPU with AVX-512 BF16 / AMX-BF16)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        # including_emulation=False: a pre-Ampere GPU (V100, T4) emulates bf16, slower than fp32
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
     if device.type == "cpu":
         return any(flag in (cpu_flags() if flags is None else flags) for flag in _CPU_BF16_FLAGS)
     return False

@@ -493,7 +493,7 @@ def test_rows_are_unique_and_config_overrides_merge_the_profile_budget():
     from labkit.reproduction import PROFILE_BUDGETS, ROWS, SUITE_BUDGET, row
 
     names = [r.name for r in ROWS]
-    assert len(names) == len(set(names)) == 21
+    assert len(names) == len(set(names)) == 25
     assert {"lsq-8", "lsq-6", "lsq-4", "lsq-2"} <= set(names)
     assert {"432-geometric-a2", "8642-alrs-gradterm-a2", "8642-alrs-pskd-a2", "8642-alrs-a1-steps", "8642-matquant"} <= set(names)
     assert PROFILE_BUDGETS["laptop"] == SUITE_BUDGET and PROFILE_BUDGETS["paper"] == {}

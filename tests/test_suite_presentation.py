@@ -82,7 +82,7 @@ def test_the_comparisons_table_and_sentences_cite_an_interval_or_say_not_resolve
     table = comparisons_table(comparisons, (8, 6, 4, 2))
     lines = table.splitlines()
     assert lines[0].startswith("| comparison (A − B) | 8-bit | 6-bit | 4-bit | 2-bit | seeds |")
-    assert len(lines) == 2 + sum(c["bit_set"] == (8, 6, 4, 2) for c in comparisons) == 2 + 9
+    assert len(lines) == 2 + sum(c["bit_set"] == (8, 6, 4, 2) for c in comparisons) == 2 + 12
     assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)
     alrs = next(line for line in lines if line.startswith("| ALRS − no ALRS, {8,6,4,2}"))
     two_bit = alrs.split("|")[5]

@@ -161,3 +161,14 @@ def test_bf16_row_is_the_main_row_with_only_the_arithmetic_changed():
     assert fast.config_overrides() == {**main.config_overrides(), "amp_bf16": True, "channels_last": True}
     assert ("bf16 autocast + channels_last − fp32 arithmetic", "8642-alrs-a2-bf16", "8642-alrs-a2") in OPEN_COMPARISONS
     assert any(b == "lsq-dedicated" and a == "8642-any_precision-peer" for _, a, b in COMPARISONS)
+
+
+def test_dedicated_dorefa_rows_train_by_the_peer_rule_one_bit_each():
+    """Review R2: the peer's own claim is about dedicated models by the same rule for the same epochs."""
+    peer = row("8642-any_precision-peer").config_overrides()
+    shared = {k: v for k, v in peer.items() if k not in ("kd", "algorithm")}
+    for b in (8, 6, 4, 2):
+        entry = row(f"dorefa-{b}")
+        assert entry.merge_as == "dorefa-dedicated" and entry.group == "dedicated"
+        assert entry.config_overrides() == {**shared, "bits": (b,)}
+    assert all(row(f"lsq-{b}").merge_as == "lsq-dedicated" for b in (8, 6, 4, 2))

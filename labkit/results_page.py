@@ -122,10 +122,13 @@ def long_profile_block() -> str:
     if not records:
         return "No long-profile stage has finished yet (`labkit train --profile long`)."
     lines = [long_profile_table(records), "",
-             "How each was made (`labkit train --recipe NAME --profile long --out …`, resumable with `--resume`):", ""]
+             "How each was made (`labkit train --recipe NAME --profile long --out …`, resumable with `--resume`; "
+             "each checkpoint's `.json` has the exact command its run was started with):", ""]
     lines += [f"- {_stage_sentence(r)}." for r in records]
-    lines += ["", "The drops are one trained model per stage against one FP32 model on the same 10,000 test images "
-              "(± is the binomial standard error of each accuracy; no seed-to-seed interval). The curves are in "
+    lines += ["", "The drops are one trained model per stage against one FP32 model on the same 10,000 test images, "
+              "evaluated in fp32 arithmetic: ± is the binomial standard error of an accuracy, and of a drop the two "
+              "added in quadrature; a verdict within two of those of its goal says *not resolved*; there is no "
+              "seed-to-seed interval (one model per stage). The curves (evaluated during training) are in "
               "[`docs/figures/long_profile_curves.html`](docs/figures/long_profile_curves.html)."]
     return "\n".join(lines)
 

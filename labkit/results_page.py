@@ -209,6 +209,31 @@ def weight_scale_section() -> list[str]:
     return lines
 
 
+def hasb_table() -> str:
+    """The SuperNets' SubNets at 3.00 average bits (README block ``hasb`` and the RESULTS section)."""
+    lines = ["| SuperNet | ILP optimum | best | mean ± sd | range | SubNets |", "|---|---|---|---|---|---|"]
+    for name, folder in (("HASB (roulette by Hessian trace)", "cifar10-resnet20-hasb-laptop"),
+                         ("uniform sampling", "cifar10-resnet20-uniform-laptop")):
+        records = committed_search(folder)
+        optimum = next(r for r in records if r["kind"] == "optimum")
+        values = [r["accuracy"] for r in records]
+        lines.append(f"| {name} | {optimum['accuracy']:.1f} | {max(values):.1f} | {statistics.fmean(values):.1f} ± "
+                     f"{statistics.stdev(values):.1f} | {min(values):.1f}–{max(values):.1f} | {len(values)} |")
+    return "\n".join(lines)
+
+
+def efficientnet_table() -> str:
+    """Per-bit 1000-class top-1 of the EfficientNet-Lite0 run (README block ``efficientnet`` and RESULTS)."""
+    run = COMMITTED_RESULTS / "imagenette-efficientnet-lite0-laptop"
+    metrics = json.loads((run / "metrics.json").read_text())
+    reference = json.loads((run / "fp32_reference.json").read_text())["accuracy"]
+    lines = ["| evaluation set (1000-way top-1) | FP32, not fine-tuned | 8-bit | 6-bit | 4-bit | 2-bit |",
+             "|---|---|---|---|---|---|"]
+    for name, accuracy in metrics["accuracy_by_set"].items():
+        lines.append(f"| {name} | {reference[name]:.1f} | " + " | ".join(f"{accuracy[b]:.1f}" for b in ("8", "6", "4", "2")) + " |")
+    return "\n".join(lines)
+
+
 def hasb_section() -> list[str]:
     hasb, uniform = committed_search("cifar10-resnet20-hasb-laptop"), committed_search("cifar10-resnet20-uniform-laptop")
     lines = ["## HASB vs uniform sampling at equal average bits", "",
@@ -219,12 +244,7 @@ def hasb_section() -> list[str]:
              "then `labkit search RUN --avg-bits 3 --subset 1000`: the ILP optimum for ω = 3.0 and its 51 neighbouring "
              "SubNets, all at exactly 3.00 average bits, each evaluated on the same fixed 1,000 test images without "
              "BN re-calibration.", "",
-             "| SuperNet | ILP optimum | best | mean ± sd | range |", "|---|---|---|---|---|"]
-    for name, records in (("HASB", hasb), ("uniform", uniform)):
-        optimum = next(r for r in records if r["kind"] == "optimum")
-        values = [r["accuracy"] for r in records]
-        lines.append(f"| {name} | {optimum['accuracy']:.1f} | {max(values):.1f} | {statistics.fmean(values):.1f} ± "
-                     f"{statistics.stdev(values):.1f} | {min(values):.1f}–{max(values):.1f} |")
+             hasb_table()]
     comparison = allocation_comparison(hasb, uniform, 3.0)
     lines += ["", _figure(allocation_figure(comparison), "hasb_allocations") + " (bits per layer of the best SubNet "
               "of each) · " + _figure(spread_figure({"HASB": accuracy_spread(hasb), "uniform": accuracy_spread(uniform)}),
@@ -238,13 +258,9 @@ def hasb_section() -> list[str]:
 def efficientnet_section() -> list[str]:
     run = COMMITTED_RESULTS / "imagenette-efficientnet-lite0-laptop"
     metrics = json.loads((run / "metrics.json").read_text())
-    reference = json.loads((run / "fp32_reference.json").read_text())["accuracy"]
     lines = ["## ImageNet-pretrained EfficientNet-Lite0, jointly quantized, 1000-class top-1", "",
              f"`imagenette-efficientnet-lite0`, laptop profile: `{json.dumps(metrics['budget'])}`; {metrics['hardware']}. "
-             "FP32 = the pretrained model without fine-tuning on the same images.", "",
-             "| evaluation set | FP32 | 8-bit | 6-bit | 4-bit | 2-bit |", "|---|---|---|---|---|---|"]
-    for name, accuracy in metrics["accuracy_by_set"].items():
-        lines.append(f"| {name} | {reference[name]:.1f} | " + " | ".join(f"{accuracy[b]:.1f}" for b in ("8", "6", "4", "2")) + " |")
+             "FP32 = the pretrained model without fine-tuning on the same images.", "", efficientnet_table()]
     return lines + [""]
 
 
@@ -282,7 +298,8 @@ def main() -> None:
         lines += section()
     (ROOT / "docs" / "RESULTS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'docs' / 'RESULTS.md'}")
-    written = update_readme({"shipped-models": long_profile_block(), "suite": suite_block()})
+    written = update_readme({"shipped-models": long_profile_block(), "suite": suite_block(), "hasb": hasb_table(),
+                             "efficientnet": efficientnet_table()})
     print(f"README.md blocks rewritten: {', '.join(written) or 'none'}")
 
 

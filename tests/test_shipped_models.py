@@ -91,7 +91,8 @@ def test_the_committed_readme_blocks_equal_what_the_run_files_give():
     """README tables are generated, not typed: the committed blocks are what the script writes now."""
     page = _results_page()
     text = (ROOT / "README.md").read_text()
-    for name, body in (("suite", page.suite_block()), ("shipped-models", page.long_profile_block())):
+    for name, body in (("suite", page.suite_block()), ("shipped-models", page.long_profile_block()),
+                       ("hasb", page.hasb_table()), ("efficientnet", page.efficientnet_table())):
         start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
         assert text.split(start, 1)[1].split(end, 1)[0].strip() == body.strip(), f"README block {name} is stale"
 

@@ -78,3 +78,15 @@ def test_the_suite_starts_from_the_fp32_model_its_drops_are_measured_against():
 
     assert SUITE_BUDGET["init_from"] == f"shipped:{SUITE_FP32}"
     assert _fp32_accuracy() == shipped(SUITE_FP32)[1]["accuracy"]["32"]
+
+
+def test_a_run_records_the_sha256_of_the_fp32_start_it_resolved():
+    import hashlib
+
+    from labkit.train import TrainConfig
+    from labkit.train.run import SHIPPED_CHECKPOINTS, init_record
+
+    record = init_record(TrainConfig(init_from="shipped:cifar10-resnet20-fp32-laptop"))
+    path = SHIPPED_CHECKPOINTS / "cifar10-resnet20-fp32-laptop.pt"
+    assert record == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert init_record(TrainConfig(init_from=None)) is None

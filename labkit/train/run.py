@@ -74,6 +74,17 @@ def resolve_init(config: TrainConfig) -> Path | None:
     return path / "model_fp32.pt" if path.is_dir() else path
 
 
+def init_record(config: TrainConfig) -> dict | None:
+    """The FP32 start a run resolved (path and sha256), so its run files say which weights ``auto`` or
+    ``shipped:<name>`` meant at the time (a shipped name can later point at another model)."""
+    import hashlib
+
+    path = resolve_init(config)
+    if path is None or not Path(path).is_file():
+        return None
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def build_model_for(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     """The FP32 model with its starting weights, quantized when ``config.bits`` is set."""
     kwargs = dict(config.model_kwargs)
@@ -265,7 +276,8 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         run_file = out_dir / "run.json"
         previous = json.loads(run_file.read_text()) if run_file.is_file() else {"sessions": []}
         previous["sessions"].append({"wall_time_s": round(elapsed, 1), "resumed": bool(resume), "source": version,
-                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv})
+                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv,
+                                     "init": init_record(config)})
         _write_json(run_file, previous)
         if config.bits is None:
             torch.save(trainer.model.state_dict(), out_dir / "model_fp32.pt")

@@ -17,15 +17,15 @@ def test_auto_turns_bf16_on_only_where_the_cpu_has_it():
     cpu = torch.device("cpu")
     assert native_bf16(cpu, {"avx512f", "avx512_bf16"}) and native_bf16(cpu, {"amx_bf16"})
     assert not native_bf16(cpu, {"avx512f", "avx512bw", "avx2"})  # emulated bf16 only: slower than fp32
-    assert resolve_arithmetic(None, None, cpu, {"avx512_bf16"}) == (True, True)
+    assert resolve_arithmetic(None, None, cpu, {"avx512_bf16"}) == (True, False)
     assert resolve_arithmetic(None, None, cpu, {"avx2"}) == (False, False)
-    assert resolve_arithmetic(None, False, cpu, {"avx512_bf16"}) == (True, False)
+    assert resolve_arithmetic(None, True, cpu, {"avx512_bf16"}) == (True, True)
 
 
 def test_explicit_settings_win_over_the_device():
     cpu = torch.device("cpu")
     assert resolve_arithmetic(False, False, cpu, {"avx512_bf16"}) == (False, False)
-    assert resolve_arithmetic(True, None, cpu, {"avx2"}) == (True, True)
+    assert resolve_arithmetic(True, None, cpu, {"avx2"}) == (True, False)
     assert resolve_arithmetic(True, False, cpu, set()) == (True, False)
 
 
@@ -35,12 +35,12 @@ def test_auto_is_written_none_on_the_command_line():
 
 
 def test_trainer_resolves_auto_for_its_device_and_records_it(tmp_path, monkeypatch):
-    """JointTrainer with amp_bf16=None follows the CPU's flags: channels_last model and bf16 logits on a CPU
-    with AVX-512 BF16, the plain path elsewhere; an explicit False stays off on any CPU."""
+    """JointTrainer with amp_bf16=None follows the CPU's flags (bf16 on a CPU with AVX-512 BF16, the plain path
+    elsewhere), channels_last=None stays off, an explicit setting is kept on any CPU."""
     import labkit.train.arithmetic as arithmetic
     from tests.test_train_loop import first_batch, make_trainer
 
-    for flags, expected in (({"avx512_bf16"}, (True, True)), ({"avx2"}, (False, False))):
+    for flags, expected in (({"avx512_bf16"}, (True, False)), ({"avx2"}, (False, False))):
         monkeypatch.setattr(arithmetic, "cpu_flags", lambda flags=flags: flags)
         trainer = make_trainer(tmp_path / str(expected[0]), amp_bf16=None, channels_last=None)
         assert (trainer.amp_bf16, trainer.channels_last) == expected
@@ -48,8 +48,10 @@ def test_trainer_resolves_auto_for_its_device_and_records_it(tmp_path, monkeypat
         images = trainer._prepare(images, labels)[0]
         assert images.is_contiguous(memory_format=torch.channels_last) == expected[1]
     monkeypatch.setattr(arithmetic, "cpu_flags", lambda: {"avx512_bf16"})
-    trainer = make_trainer(tmp_path / "off", amp_bf16=False, channels_last=False)
-    assert (trainer.amp_bf16, trainer.channels_last) == (False, False)
+    trainer = make_trainer(tmp_path / "off", amp_bf16=False, channels_last=True)
+    assert (trainer.amp_bf16, trainer.channels_last) == (False, True)
+    images, labels, _ = first_batch()
+    assert trainer._prepare(images, labels)[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_cuda_auto_ignores_emulated_bf16(monkeypatch):

@@ -2,8 +2,10 @@
 
 ``TrainConfig.amp_bf16`` / ``channels_last`` are ``True``, ``False`` or ``None`` (auto). Auto turns bf16 autocast
 on where the device has native bf16 arithmetic — a CUDA GPU with bf16 support, or a CPU with the AVX-512 BF16 or
-AMX-BF16 instructions — and channels_last follows that choice; elsewhere both stay off, because emulated bf16 is
-slower than fp32. The fake-quant arithmetic itself stays in fp32 under autocast (``labkit.quant.lsq``), but its
+AMX-BF16 instructions — and off elsewhere, because emulated bf16 is slower than fp32. Auto leaves channels_last
+off: under bf16 it made both steps slower on the 2-core AMD EPYC (``JointTrainer.train_step``, ResNet-20 batch
+128, 1 thread, medians of 5 interleaved rounds: joint {8,6,4,2} 1.55 s with it vs 1.29 s without, FP32 0.235 vs
+0.188 s); set it to true where a measurement says otherwise. The fake-quant arithmetic itself stays in fp32 under autocast (``labkit.quant.lsq``), but its
 output enters each convolution in bf16, so evaluation always runs in fp32 (``JointTrainer.evaluate``).
 
 Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/run.py --only speed_joint``, 1 thread): an FP32
@@ -43,10 +45,10 @@ def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
 
 def resolve_arithmetic(amp_bf16: bool | None, channels_last: bool | None, device, flags: set[str] | None = None
                        ) -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last) of a run: a setting given as True/False is kept, ``None`` is chosen for
-    ``device`` (bf16 where native; channels_last with bf16)."""
+    """(bf16 autocast, channels_last) of a run: a setting given as True/False is kept; ``None`` is bf16 where
+    ``device`` computes it natively, and channels_last off (module docstring)."""
     amp = native_bf16(device, flags) if amp_bf16 is None else bool(amp_bf16)
-    last = amp if channels_last is None else bool(channels_last)
+    last = False if channels_last is None else bool(channels_last)
     return amp, last
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"                  # auto | cpu | cuda
     amp_bf16: bool | None = False         # bf16 autocast; None: where the device has native bf16
                                           # (labkit.train.arithmetic), off elsewhere
-    channels_last: bool | None = False    # None: together with bf16 autocast
+    channels_last: bool | None = False    # None: off (labkit.train.arithmetic)
     compile_quant: bool = False           # torch.compile-fused fake-quant kernels
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only

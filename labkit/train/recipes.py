@@ -5,12 +5,12 @@ make it fit a smaller budget: ``smoke`` (CI: a subset, one short epoch, seconds 
 and ``laptop`` (minutes to an hour on a CPU, numbers that mean something). Command-line overrides apply last.
 
 ``long`` (CIFAR-10 recipes only; ``labkit train --profile long``) is the budget of the shipped CIFAR-10 models:
-all 50,000 training images, bf16 autocast with channels_last where the device computes bf16 natively (about 2×
-the plain FP32 step on a CPU with AVX-512 BF16; ``labkit.train.arithmetic``; the fake-quant arithmetic stays in
-fp32), label smoothing
-0.1, and as many epochs as one CPU core trains in about an hour per stage: FP32 30 epochs (SGD 0.1, cosine,
-one warm-up epoch), then the joint runs from that FP32 model at the paper's Adam 5e-4 with a cosine schedule,
-{8,6,4,2} 6 epochs and {4,3,2} 5 epochs (the paper trains 200). Each stage is resumable (``--resume``).
+all 50,000 training images, bf16 autocast where the device computes bf16 natively (about 2× the plain FP32 step
+on a CPU with AVX-512 BF16; ``labkit.train.arithmetic``; the shipped stages also ran channels_last, which auto now
+leaves off; the fake-quant stays in fp32 and evaluation runs in fp32), label smoothing 0.1, and as many epochs
+as one CPU core trains in about an hour per stage: FP32 30 epochs (SGD 0.1, cosine, one warm-up epoch), then the
+joint runs from that FP32 model at the paper's Adam 5e-4 with a cosine schedule, {8,6,4,2} 6 epochs and {4,3,2}
+5 epochs (the paper trains 200). Each stage is resumable (``--resume``).
 
 ALRS (METHOD.md §5) in the recipes, decided by :func:`labkit.train.alrs.alrs_rule_for`:
 
@@ -39,8 +39,8 @@ _CIFAR_SCALE = {
     "laptop": {"epochs": 3, "train_subset": 20000, "eval_subset": None},
     "paper": {},
 }
-# The shipped CIFAR-10 models' budget (module docstring). bf16 autocast + channels_last where the device computes
-# bf16 natively (None = auto, labkit.train.arithmetic), plain fp32 elsewhere.
+# The shipped CIFAR-10 models' budget (module docstring). bf16 autocast where the device computes bf16 natively
+# (None = auto, labkit.train.arithmetic), plain fp32 elsewhere.
 _CIFAR_LONG = {"train_subset": None, "eval_subset": None, "label_smoothing": 0.1, "amp_bf16": None,
                "channels_last": None, "checkpoint_every": 50, "eval_every": 2}
 _CIFAR_LONG_FP32 = dict(_CIFAR_LONG, epochs=30, warmup_epochs=1, checkpoint_every=100, eval_every=3)

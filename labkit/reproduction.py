@@ -48,7 +48,8 @@ DROP_GOAL = {8: 0.1, 6: 0.1, 4: 0.3, 2: 1.5}
 #: CIFAR-10 training subset, batch 128, Adam 5e-4, from the shipped FP32 ResNet-20, evaluated on the full
 #: 10,000-image test set after the last epoch.
 SUITE_BUDGET = {"epochs": 1, "train_subset": 10000, "eval_subset": None, "eval_every": 1, "checkpoint_every": 20,
-                "init_from": "shipped:cifar10-resnet20-fp32-laptop"}
+                "init_from": "shipped:cifar10-resnet20-fp32-laptop", "amp_bf16": False, "channels_last": False}
+#: (The rows train in fp32 arithmetic, as their seeds were measured; 8642-alrs-a2-bf16 is the bf16 A/B row.)
 #: The FP32 model every suite row starts from: the 15-epoch laptop-profile FP32 ResNet-20 (84.42 %), shipped as
 #: ``cifar10-resnet20-fp32`` until the long-profile models replaced it, and kept under this name so the seeded
 #: rows stay comparable.

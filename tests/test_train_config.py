@@ -226,3 +226,18 @@ def test_long_profile_trains_the_shipped_cifar_models_on_every_image():
     joint, low = recipe_config("cifar10-resnet20", "long"), recipe_config("cifar10-resnet20-432", "long")
     assert (joint.bits, joint.epochs, joint.train_subset, joint.lr) == ((8, 6, 4, 2), 6, None, 5e-4)
     assert (low.bits, low.epochs, low.init_from) == ((4, 3, 2), 5, "auto")
+
+
+def test_recipes_use_the_fast_arithmetic_except_at_the_smoke_profile():
+    """Issue 11 item 2: bf16 where the device has it is every recipe's default (auto), except smoke (CI stays
+    bit-stable on every CPU); the suite rows pin fp32."""
+    from labkit.reproduction import SUITE_BUDGET
+
+    for name in list_recipes():
+        smoke = recipe_config(name, "smoke")
+        assert (smoke.amp_bf16, smoke.channels_last) == (False, False), name
+        for profile in ("laptop", "paper"):
+            config = recipe_config(name, profile)
+            assert (config.amp_bf16, config.channels_last) == (None, None), (name, profile)
+    assert (SUITE_BUDGET["amp_bf16"], SUITE_BUDGET["channels_last"]) == (False, False)
+    assert recipe_config("cifar10-resnet20", "laptop", SUITE_BUDGET).amp_bf16 is False

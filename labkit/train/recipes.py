@@ -126,7 +126,8 @@ RECIPES["cifar10-resnet20-uniform"] = {
 #: natively (labkit.train.arithmetic), fp32 elsewhere. Kept because it was measured not to change accuracy at this
 #: lab's resolution: the suite's 8642-alrs-a2-bf16 against 8642-alrs-a2, 3 paired seeds, differences -0.17 [-0.91,
 #: +0.56], -0.15 [-1.23, +0.93], -0.24 [-1.12, +0.65], +0.28 [-1.57, +2.13] points at 8/6/4/2 bits (95 %
-#: intervals, none resolved), at about half the wall time. The smoke profile keeps fp32, so CI's seeded results
+#: intervals, none resolved); a joint epoch took 641 s instead of 1371 s side by side (benchmarks/results.json,
+#: 1 thread). The smoke profile keeps fp32, so CI's seeded results
 #: are the same on every CPU; the reproduction suite pins fp32 too (labkit.reproduction.SUITE_BUDGET).
 FAST_ARITHMETIC = {"amp_bf16": None, "channels_last": None}
 

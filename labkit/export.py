@@ -36,7 +36,7 @@ half to even, as ``torch.round`` in the lab's quantizers does; it divides by the
 multiplies by ``1 / s``, so a value within one float ulp of a rounding boundary may land on the
 neighbouring code (about one code in 10^7; :func:`verify_onnx` counts them).
 
-Learned weight scales can turn negative in training (the shipped ResNet-20 has 243 of 672 such
+Learned weight scales can turn negative in training (the shipped ResNet-20 has 323 of 672 such
 channels); ``q · s`` is unaffected. By default the graph keeps them, so its int8 initializers are
 exactly the model's codes; ``weight_sign="fold"`` writes ``(−q, −s)`` instead for runtimes that insist
 on positive scales (:func:`fold_weight_sign`).

@@ -660,7 +660,7 @@ def budget_sentence(records: list[dict]) -> str:
     epochs = budget.get("epochs", "?")
     return (f"Every row was trained for {epochs} epoch{'s' if epochs != 1 else ''} over "
             f"{budget.get('train_images', '?'):,} training images in batches of {budget.get('batch_size', '?')} "
-            f"({budget.get('steps', '?')} steps), from the same shipped FP32 ResNet-20, and evaluated on "
+            f"({budget.get('steps', '?')} steps), from the same FP32 ResNet-20 (`{SUITE_FP32}`), and evaluated on "
             f"{f'{test:,}' if test else '?'} test images; {seed_text} per row; hardware: {first['hardware']}.")
 
 

@@ -62,9 +62,11 @@ def test_curves_skip_epochs_without_evaluation_and_draw_one_line_per_bit(results
     assert eval_curve(results / "cifar10-resnet20-fp32-long") == {32: [(2, 90.0)]}
     figure = training_curves_figure(stage_records(results), results)
     names = [trace.name for trace in figure.data]
-    assert names == ["FP32 · FP32", "{8,6,4,2} · 8-bit", "{8,6,4,2} · 6-bit", "{8,6,4,2} · 4-bit", "{8,6,4,2} · 2-bit"]
+    assert names == ["FP32", "{8,6,4,2} · 8-bit", "{8,6,4,2} · 6-bit", "{8,6,4,2} · 4-bit", "{8,6,4,2} · 2-bit"]
     assert list(figure.data[-1].y) == [80.0, 86.5]
     assert len({trace.line.color for trace in figure.data}) == 5
+    assert len({trace.marker.symbol for trace in figure.data[1:]}) == 4  # 8 and 6 bits overlap: shapes tell them apart
+    assert [trace.xaxis for trace in figure.data] == ["x", "x2", "x2", "x2", "x2"]  # FP32 left, joint right
 
 
 def test_goals_cover_every_joint_stage_bit():

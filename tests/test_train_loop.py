@@ -46,11 +46,11 @@ class RandomImages(Dataset):
 class TinyNet(nn.Module):
     """conv-bn-relu ×3, pool, linear: with the first and last layer kept FP, two quantized convs remain."""
 
-    def __init__(self, width: int = 8):
+    def __init__(self, width: int = 8, conv3_bias: bool = True):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = nn.Conv2d(width, width, 3, padding=1, bias=True), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, width, 3, padding=1, bias=conv3_bias), nn.BatchNorm2d(width)
         self.fc = nn.Linear(width, NUM_CLASSES)
 
     def forward(self, x):

@@ -125,6 +125,20 @@ class SideBySide:
         return round(statistics.median(self.wall[name]) * 1e3, 2)
 
 
+def time_side_by_side(candidates: dict, rounds: int, kernels: dict, warm_up: int = 2) -> SideBySide:
+    """Warm up and time ``candidates`` side by side; afterwards the fake-quant kernels are ``kernels`` again and
+    torch has its thread count back, whatever a candidate set."""
+    was = torch.get_num_threads()
+    timer = SideBySide(candidates)
+    try:
+        timer.warm_up(warm_up)
+        timer.run(rounds)
+    finally:
+        lsq._KERNELS.update(kernels)
+        torch.set_num_threads(was)
+    return timer
+
+
 def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
     """The kernel tables of every fake-quant path, taken once (``use_compile`` wraps new compiled objects per call,
     so a timed call switches paths by restoring its table). Leaves the default path installed."""
@@ -217,14 +231,7 @@ def fakequant_section(quick: bool, threads=THREADS, rounds: int | None = None) -
                          "a": _labkit_step(activation, act_scalar, grad_a, bits, 0, False)}
                 for kind, step in steps.items():
                     candidates[f"{path}_{kind}{bits}_t{t}"] = with_threads(t, on_path(tables[path], step))
-    was = torch.get_num_threads()
-    timer = SideBySide(candidates)
-    try:
-        timer.warm_up()
-        timer.run(rounds)
-    finally:
-        lsq._KERNELS.update(tables[default])
-        torch.set_num_threads(was)
+    timer = time_side_by_side(candidates, rounds, tables[default])
     rows = {}
     for t in threads:
         for kind, methods in (("weight", ("dr_w", "floor_w", "perbit_w")), ("activation", ("a",))):
@@ -329,14 +336,7 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
             if config == "fp32" and default != "compiled":
                 candidates[f"jointcompiled_{config}_t{t}"] = with_threads(t, on_path(tables["compiled"], _train_step(
                     joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False)))
-    was = torch.get_num_threads()
-    timer = SideBySide(candidates)
-    try:
-        timer.warm_up(1)
-        timer.run(rounds)
-    finally:
-        lsq._KERNELS.update(tables[default])
-        torch.set_num_threads(was)
+    timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
     end_load = load()
 
     def epoch_s(name):
@@ -422,7 +422,6 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
     data = training.RandomImages(batch)
     images, labels, indices = data.images, data.labels, torch.arange(batch)
     paths = [default] + (["compiled"] if default != "compiled" else [])
-    was = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as out_dir:
         trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
         trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch) for path in paths})
@@ -432,13 +431,7 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
                 table = tables["compiled" if name == "jointcompiled" else default]
                 candidates[f"{name}_t{t}"] = with_threads(t, on_path(table, lambda trainer=trainer: trainer.train_step(
                     images, labels, indices, epoch=0)))
-        timer = SideBySide(candidates)
-        try:
-            timer.warm_up(1)
-            timer.run(rounds)
-        finally:
-            lsq._KERNELS.update(tables[default])
-            torch.set_num_threads(was)
+        timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
     end_load = load()
     rows = {}
     for t in threads:

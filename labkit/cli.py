@@ -135,10 +135,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     records = search_run(args.run, avg_bits=args.avg_bits, sweep_text=args.sweep, neighbours=not args.no_neighbours,
                          subset=args.subset, recalibrate=args.recalibrate, bitops_budget=args.bitops_budget,
-                         size_budget_bits=args.size_budget_bits, show_progress=not args.quiet)
+                         size_budget_bits=args.size_budget_bits, show_progress=not args.quiet, output=args.output)
     best = max(records, key=lambda r: r["accuracy"])
     print(f"{len(records)} SubNets evaluated; best {best['accuracy']:.2f}% at {best['avg_bits']:.2f} average bits")
-    print(f"wrote {args.run}/search.csv and {args.run}/pareto.html")
+    figure = "pareto.html" if args.output == "search" else f"{args.output}-pareto.html"
+    print(f"wrote {args.run}/{args.output}.csv and {args.run}/{figure}")
     return 0
 
 
@@ -151,15 +152,28 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         "search.csv and pareto.html into the SuperNet's run folder.",
     )
     p.add_argument("run", help="SuperNet run folder (cifar10-resnet20-hasb or -uniform)")
-    p.add_argument("--avg-bits", type=float, default=3.0, help="ω, the average-bit budget (default 3.0)")
+    p.add_argument("--avg-bits", type=_optional_float, default=3.0,
+                   help="ω, the average-bit budget (default 3.0); 'none' leaves the mean free (then bound the BitOPs)")
     p.add_argument("--sweep", help="START:STOP:STEP sweep of ω instead of one value, e.g. 2:8:0.25")
     p.add_argument("--no-neighbours", action="store_true", help="only the optimum per ω")
     p.add_argument("--subset", type=int, default=1000, help="test images per SubNet (default 1000)")
     p.add_argument("--recalibrate", type=int, default=0, help="re-estimate BN statistics on N batches first")
-    p.add_argument("--bitops-budget", type=float, default=None, help="BitOPs per image bound")
+    p.add_argument("--bitops-budget", default=None,
+                   help="BitOPs per image bound: a number, or uniform:B for the BitOPs of every layer at B bits")
     p.add_argument("--size-budget-bits", type=float, default=None, help="weight storage bound, in bits")
+    p.add_argument("--output", default="search", help="file stem of the results in the run folder (default search)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_search)
+
+
+def _optional_float(text: str) -> float | None:
+    """A number, or ``none`` for no bound."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'none'") from None
 
 
 # -------------------------------------------------------------------------------------------------- export

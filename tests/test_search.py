@@ -488,3 +488,27 @@ def test_sweep_and_evaluation_advance_a_given_bar_to_its_end():
     evaluate_subnets(model, neighbour_subnets({"3": 3.0, "6": 2.0, "9": 1.0}, CANDIDATES, 5.0),
                      lambda m: 1.0, progress=bar)
     assert bar.count == bar.total > 1
+
+
+def test_bitops_budget_of_uniform_bits_is_the_hand_computed_sum():
+    from labkit.hasb.run_search import resolve_bitops_budget
+
+    costs = {"first": LayerCost(macs=100, params=10), "a": LayerCost(macs=1000, params=50),
+             "b": LayerCost(macs=300, params=20), "last": LayerCost(macs=7, params=3)}
+    # searched layers a, b at 3 bits (MACs·3·3), the FP32 first and last layers at 32·32
+    assert resolve_bitops_budget("uniform:3", costs, ["a", "b"]) == 1000 * 9 + 300 * 9 + (100 + 7) * 1024
+    assert resolve_bitops_budget("12345.5", costs, ["a", "b"]) == 12345.5
+    assert resolve_bitops_budget(None, costs, ["a", "b"]) is None
+    with pytest.raises(LabkitError, match="uniform:3"):
+        resolve_bitops_budget("uniform:three", costs, ["a", "b"])
+    with pytest.raises(LabkitError, match="neither a number"):
+        resolve_bitops_budget("cheap", costs, ["a", "b"])
+
+
+def test_search_run_without_an_average_target_needs_a_cost_bound(tmp_path):
+    from labkit.hasb.run_search import search_run
+
+    with pytest.raises(LabkitError, match="--bitops-budget"):
+        search_run(tmp_path, avg_bits=None)
+    with pytest.raises(LabkitError, match="plain file stem"):
+        search_run(tmp_path, avg_bits=3.0, output="out/search.csv")

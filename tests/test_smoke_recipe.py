@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from labkit.config import data_root
 
@@ -55,7 +56,14 @@ def test_smoke_hasb_chain_traces_supernet_search_evaluation(joint_run, tmp_path)
         expected = {"8": 0.4, "6": 0.3, "4": 0.2, "2": 0.1} if name in sensitive else dict.fromkeys("8642", 0.25)
         assert p == pytest.approx(expected), name
     metrics = json.loads((supernet / "metrics.json").read_text())
-    assert all(top1 > CHANCE for top1 in metrics["accuracy"].values()), metrics["accuracy"]
+    assert set(metrics["accuracy"]) == {"8", "6", "4", "2"}
+    # 8, 6 and 4 bits beat chance by > 2 standard errors on the evaluated images. The 2-bit pass is not asserted:
+    # at one λ for every parameter (Alg. A.3) a fresh Adam first pulls the 2-bit accuracy down, to about chance
+    # after 8 smoke steps on some CPUs (9.3 % on 300 images on an AMD EPYC); the laptop runs recover from it
+    # (docs/results/hasb-seeds/*/log.csv).
+    evaluated = metrics["budget"]["eval_images"]["test"]
+    margin = 2 * 100 * (0.1 * 0.9 / evaluated) ** 0.5
+    assert all(metrics["accuracy"][b] > CHANCE + margin for b in ("8", "6", "4")), metrics["accuracy"]
     done = labkit("search", str(supernet), "--avg-bits", "3", "--subset", "200", "--quiet")
     assert "SubNets evaluated" in done.stdout
     with (supernet / "search.csv").open() as stream:
@@ -66,3 +74,25 @@ def test_smoke_hasb_chain_traces_supernet_search_evaluation(joint_run, tmp_path)
         assert len(allocation) == 18 and sum(allocation.values()) / 18 <= 3.0 + 1e-9
         assert 0.0 <= float(row["accuracy"]) <= 100.0
     assert (supernet / "pareto.html").stat().st_size > 1000
+
+    # at equal cost: the mean left free, the BitOPs bounded by uniform 3-bit's, written beside the first search
+    labkit("search", str(supernet), "--avg-bits", "none", "--bitops-budget", "uniform:3", "--subset", "200",
+           "--output", "search-bitops", "--quiet")
+    from labkit.evaluate import load_for_eval
+    from labkit.hasb.cost import layer_costs
+
+    model = load_for_eval(supernet)[0]
+    costs = layer_costs(model, torch.zeros(1, 3, 32, 32))
+    budget = sum(cost.macs * (9 if name in traces else 32 * 32) for name, cost in costs.items())
+    with (supernet / "search-bitops.csv").open() as stream:
+        at_cost = list(csv.DictReader(stream))
+    assert at_cost and at_cost[0]["kind"] == "optimum"
+    for row in at_cost:
+        allocation = json.loads(row["allocation"])
+        bitops = sum(cost.macs * (allocation[name] ** 2 if name in allocation else 32 * 32)
+                     for name, cost in costs.items())
+        assert bitops <= budget and int(row["bitops"]) == bitops
+    assert float(at_cost[0]["avg_bits"]) < 3.0  # b² makes an uneven allocation dearer than uniform at equal mean
+    assert (supernet / "search-bitops-pareto.html").is_file()
+    with (supernet / "search.csv").open() as stream:
+        assert list(csv.DictReader(stream)) == rows  # the first search is kept

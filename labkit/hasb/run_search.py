@@ -4,6 +4,10 @@ Reads a SuperNet run folder (``cifar10-resnet20-hasb`` or ``-uniform``): its INT
 traces it recorded (``supernet.json``, the scores of the search), solves the ILP for one ω or a sweep of ω (with
 the paper's neighbouring SubNets), evaluates every SubNet on the run's evaluation set (optionally after batch-norm
 re-calibration), and writes ``search.csv`` and the Pareto front ``pareto.html`` into the run folder.
+
+A search at equal cost instead of equal average bits leaves the mean free and bounds the BitOPs, e.g. by those of
+uniform 3-bit: ``labkit search RUN --avg-bits none --bitops-budget uniform:3 --output search-bitops`` (issue 10:
+equal average bits is not equal cost).
 """
 from __future__ import annotations
 
@@ -27,6 +31,26 @@ def parse_sweep(text: str) -> np.ndarray:
     if step <= 0 or stop < start:
         raise LabkitError(f"--sweep {text!r} needs STEP > 0 and STOP ≥ START")
     return np.round(np.arange(start, stop + step / 2, step), 6)
+
+
+def resolve_bitops_budget(budget, costs, layers) -> float | None:
+    """A BitOPs bound per image: a number as given, or ``"uniform:B"`` = the BitOPs of every searched layer in
+    ``layers`` at ``B`` bits (FP32 layers of ``costs`` at 32 bits, :func:`labkit.hasb.cost.total_bitops`)."""
+    if budget is None:
+        return None
+    if isinstance(budget, str) and budget.startswith("uniform:"):
+        from labkit.hasb.cost import total_bitops
+
+        try:
+            bits = int(budget.split(":", 1)[1])
+        except ValueError:
+            raise LabkitError(f"--bitops-budget {budget!r}: write uniform:B with an integer B, e.g. uniform:3") from None
+        return float(total_bitops(costs, dict.fromkeys(layers, bits)))
+    try:
+        return float(budget)
+    except (TypeError, ValueError):
+        raise LabkitError(f"--bitops-budget {budget!r} is neither a number of BitOPs per image nor uniform:B "
+                          "(e.g. uniform:3)") from None
 
 
 @torch.no_grad()
@@ -58,14 +82,25 @@ def recalibrated_accuracy(model: torch.nn.Module, accuracy, loader, batches: int
 
 def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = None, neighbours: bool = True,
                subset: int | None = 1000, recalibrate: int = 0, bitops_budget=None, size_budget_bits=None,
-               show_progress: bool = True, root=None) -> list[dict]:
-    """Search, evaluate and write ``search.csv`` / ``pareto.html`` for the SuperNet in ``run_dir``."""
+               show_progress: bool = True, root=None, output: str = "search") -> list[dict]:
+    """Search, evaluate and write ``search.csv`` / ``pareto.html`` for the SuperNet in ``run_dir``.
+
+    ``avg_bits=None`` leaves the mean free (then a BitOPs or size budget must bound the search);
+    ``bitops_budget`` is a number or ``"uniform:B"`` (:func:`resolve_bitops_budget`); ``output`` names the files
+    (``<output>.csv``; the figure is ``pareto.html`` for the default, else ``<output>-pareto.html``), so searches
+    at several budgets sit side by side in one run folder.
+    """
     from labkit import data
     from labkit.hasb.cost import layer_costs
     from labkit.hasb.search import evaluate_subnets, neighbour_subnets, pareto_figure, search_bits, sweep, write_csv
 
     run_dir = Path(run_dir)
     record_file = run_dir / "supernet.json"
+    if avg_bits is None and not sweep_text and bitops_budget is None and size_budget_bits is None:
+        raise LabkitError("a search with no average-bit target needs a cost bound: pass --bitops-budget (e.g. "
+                          "uniform:3) or --size-budget-bits, or give --avg-bits a number.")
+    if not output or "/" in output or output.endswith(".csv"):
+        raise LabkitError(f"--output {output!r} must be a plain file stem such as search-bitops (no folder, no .csv).")
     if not record_file.is_file():
         raise LabkitError(f"{run_dir} is not a SuperNet run (no supernet.json); train cifar10-resnet20-hasb or "
                           "-uniform into it first.")
@@ -80,6 +115,7 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
         raise LabkitError("labkit search evaluates CIFAR-10 SuperNets here; other data sets: use evaluate_subnets.")
     test = fixed_subset(data.cifar10("test", root=root), subset)
     costs = layer_costs(model, test[0][0].unsqueeze(0))  # one real test image: the input size the model runs on
+    bitops_budget = resolve_bitops_budget(bitops_budget, costs, list(scores))
     options = dict(bitops_budget=bitops_budget, size_budget_bits=size_budget_bits, costs=costs)
     if sweep_text:
         records = sweep(scores, bits, parse_sweep(sweep_text), neighbours=neighbours, **options)
@@ -99,7 +135,7 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
 
     measure = (lambda m: recalibrated_accuracy(m, accuracy, calibration, recalibrate)) if recalibrate else accuracy
     evaluated = evaluate_subnets(model, records, measure, show_progress=show_progress)
-    write_csv(evaluated, run_dir / "search.csv")
+    write_csv(evaluated, run_dir / f"{output}.csv")
     pareto_figure(evaluated, x="avg_bits", y="accuracy", title=f"SubNets of {run_dir.name}").write_html(
-        run_dir / "pareto.html", include_plotlyjs=True)
+        run_dir / ("pareto.html" if output == "search" else f"{output}-pareto.html"), include_plotlyjs=True)
     return evaluated

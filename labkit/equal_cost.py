@@ -179,3 +179,13 @@ def cost_pareto_figure(records: list[dict], rows: list[dict], title: str | None 
                          yaxis_title="top-1 accuracy (%)", template="plotly_white", height=460,
                          legend=dict(title="SubNet", yanchor="top", y=1.0))
     return figure
+
+
+def cost_ratio_sentence(comparison: Mapping, reference_bits: int = 3) -> str:
+    """What equal average bits costs (``labkit.hasb.reviewers.equal_cost_subnets``): the BitOPs of the ILP SubNet at
+    ``reference_bits`` average bits relative to uniform ``reference_bits``-bit, and the average bits the ILP
+    affords under uniform's BitOPs."""
+    at_average, at_bitops = comparison["equal_avg_bits"], comparison["equal_bitops"]
+    return (f"The ILP SubNet at {at_average['avg_bits']:.2f} average bits costs {at_average['bitops_ratio']:.2f}× the "
+            f"BitOPs of uniform {reference_bits}-bit; under the BitOPs of uniform {reference_bits}-bit the ILP affords "
+            f"{at_bitops['avg_bits']:.2f} average bits ({at_bitops['bitops_ratio']:.2f}× uniform's BitOPs).")

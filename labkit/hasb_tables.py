@@ -96,8 +96,10 @@ def spread_table(spreads: Mapping[str, list[dict]]) -> str:
     return markdown_table(["SuperNet", "average bits", "SubNets", "best", "worst", "mean", "best − worst"], rows)
 
 
-def supernet_record_sentence(record: Mapping) -> str:
-    """How a shipped SuperNet was made, as a sentence: command, budget, hardware, wall time (its provenance)."""
+def supernet_record_sentence(record: Mapping, curve: Mapping[int, list] | None = None) -> str:
+    """How a shipped SuperNet was made, as a sentence: command, budget, hardware, wall time (its provenance); with
+    ``curve`` (``{bits: [test accuracy after each epoch]}``, :func:`labkit.hasb.seed_study.epoch_accuracies`)
+    also how those accuracies moved during training."""
     budget = record["budget"]
     accuracy = ", ".join(f"{b}-bit {a:.1f} %" for b, a in record["accuracy"].items())
     images = budget.get("eval_images", {})
@@ -105,7 +107,9 @@ def supernet_record_sentence(record: Mapping) -> str:
     return (f"Made by `{record['command']}`: {budget['epochs']} epochs of {budget['train_images']:,} training images "
             f"in batches of {budget['batch_size']} ({budget['steps']} steps, {budget['passes_per_step']} passes each) "
             f"at the {budget['profile']} profile, {record['wall_time_s'] / 60:.0f} min on {record['hardware']}. "
-            f"Uniform bit-widths at the end, on {evaluated}: {accuracy}.")
+            f"Uniform bit-widths at the end, on {evaluated}: {accuracy}."
+            + "".join(f" Its {bits}-bit accuracy after each epoch: {' → '.join(f'{a:.1f}' for a in values)} %."
+                      for bits, values in (curve or {}).items()))
 
 
 def allocation_gap(records_a, records_b) -> dict:
@@ -135,3 +139,64 @@ def allocation_gap_sentence(gap: dict, a: str, b: str, seeds: int = 1) -> str:
     return (f"Over the {gap['allocations']} allocations both were evaluated at, {a} minus {b} is "
             f"{gap['mean']:+.1f} points on average (standard deviation {gap['stdev']:.1f} over allocations; {a} ahead "
             f"at {gap['a_ahead']} of {gap['allocations']}): {verdict}.")
+
+
+def _seed_row_label(row: dict) -> tuple[str, str]:
+    from labkit.hasb.seed_study import BUDGETS, SUMMARIES
+
+    if row["budget"] == "uniform_bits":
+        return "every layer at one bit-width (10,000 test images)", f"uniform {row['summary']}-bit"
+    subnets = sorted(set(row["subnets"].values()))
+    count = f"{subnets[0]}" if len(subnets) == 1 else f"{subnets[0]}–{subnets[-1]}"
+    return f"{BUDGETS[row['budget']][1]} ({count} SubNets, 1,000 test images)", SUMMARIES[row["summary"]]
+
+
+def _mean_sd(values: Mapping) -> str:
+    numbers = list(values.values())
+    sd = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    return f"{statistics.fmean(numbers):.1f} ± {sd:.1f}"
+
+
+def seed_comparison_table(rows, a: str = "HASB", b: str = "uniform sampling") -> str:
+    """:func:`labkit.hasb.seed_study.seed_comparison` as a table: per budget and summary, each rule's mean ± sd
+    over the seeds, the paired difference with its 95 % interval, and the verdict."""
+    seeds = len(rows[0]["difference"].seeds)
+    table = []
+    for row in rows:
+        budget, summary = _seed_row_label(row)
+        table.append([budget, summary, _mean_sd(row["a"]), _mean_sd(row["b"]),
+                      row["difference"].interval_text(1), row["difference"].verdict()])
+    return markdown_table(["budget", "compared", f"{a} ({seeds} seeds)", f"{b} ({seeds} seeds)",
+                           f"{a} − {b} (points, 95 % interval)", "verdict"], table, align="llrrrl")
+
+
+def seed_comparison_sentence(rows, a: str = "HASB", b: str = "uniform sampling") -> str:
+    """Which of the seeded comparisons are real (interval excludes zero) and which are not resolved."""
+    from labkit.statistics import NOT_RESOLVED
+
+    seeds = len(rows[0]["difference"].seeds)
+
+    def name(row):
+        budget, summary = _seed_row_label(row)
+        return summary if row["budget"] == "uniform_bits" else f"{summary} at {budget.split(' (')[0]}"
+
+    real = [f"{name(r)} ({r['difference'].interval_text(1)})" for r in rows if r["difference"].resolved]
+    unresolved = [name(r) for r in rows if not r["difference"].resolved]
+    parts = [f"Over {seeds} paired training seeds, {a} − {b}"]
+    parts.append(f" is real for {'; '.join(real)}" if real else " is real for none of the comparisons")
+    if unresolved:
+        parts.append(f"; {NOT_RESOLVED} for {', '.join(unresolved)}")
+    return "".join(parts) + (". The intervals cover seed-to-seed spread only; the best SubNet is also picked on the "
+                             "images it is scored on.")
+
+
+def seed_budget_sentence(record: Mapping) -> str:
+    """How the seeded SuperNets were made (:func:`labkit.hasb.seed_study.budget_record`), as a sentence."""
+    budget = record["budget"]
+    seeds = ", ".join(str(s) for s in record["seeds"])
+    return (f"Each SuperNet: {budget['epochs']} epochs of {budget['train_images']:,} training images in batches of "
+            f"{budget['batch_size']} ({budget['steps']} steps, {budget['passes_per_step']} passes each) at the "
+            f"{budget['profile']} profile, from the shipped `cifar10-resnet20` and `cifar10-resnet20-fp32`, about "
+            f"{record['wall_time_s'] / 60:.0f} min each on {record['hardware']} (1 torch thread); seeds {seeds}; "
+            f"code {', '.join(record['source'])}. Searches: `labkit search RUN --avg-bits 3` and `labkit search RUN "
+            "--avg-bits none --bitops-budget uniform:3 --output search-bitops`, 1,000 test images each.")

@@ -146,7 +146,7 @@ def spread_figure(spreads: dict[str, list[dict]], title: str = "Accuracy spread 
 COMMITTED_RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
-def committed_supernet_traces(run: str = "cifar10-resnet20-hasb-laptop") -> dict[str, float]:
+def committed_supernet_traces(run: str = "hasb-seeds/hasb-s0") -> dict[str, float]:
     """The average HMT per layer that the committed SuperNet run ``run`` was trained and searched with."""
     record = COMMITTED_RESULTS / run / "supernet.json"
     if not record.is_file():
@@ -158,3 +158,34 @@ def committed_supernet_traces(run: str = "cifar10-resnet20-hasb-laptop") -> dict
 def committed_search(run: str) -> list[dict]:
     """The evaluated SubNets of the committed run ``run`` (its ``search.csv``)."""
     return read_search_csv(COMMITTED_RESULTS / run / "search.csv")
+
+
+def seed_comparison_figure(rows, a: str = "HASB", b: str = "uniform sampling",
+                           title: str = "HASB vs uniform sampling over training seeds"):
+    """Each compared quantity (x) of :func:`labkit.hasb.seed_study.seed_comparison`, the two rules side by side:
+    the mean over seeds with a ±1 standard deviation bar, and every seed as a small dot."""
+    import statistics
+
+    from labkit.hasb.seed_study import SUMMARIES
+
+    short = {"equal_avg_bits": "3.00 avg bits", "equal_bitops": "BitOPs of uniform 3-bit"}
+    labels = [f"uniform {r['summary']}-bit" if r["budget"] == "uniform_bits" else
+              f"{SUMMARIES[r['summary']]}<br>at {short[r['budget']]}" for r in rows]
+    figure = go.Figure()
+    for i, (key, name) in enumerate((("a", a), ("b", b))):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        offset = -0.15 if i == 0 else 0.15
+        means = [statistics.fmean(r[key].values()) for r in rows]
+        sds = [statistics.stdev(r[key].values()) if len(r[key]) > 1 else 0.0 for r in rows]
+        figure.add_scatter(x=[j + offset for j in range(len(rows))], y=means, mode="markers", name=f"{name}: mean ± sd",
+                           marker=dict(color=colour, size=10, symbol="circle" if i == 0 else "diamond"),
+                           error_y=dict(type="data", array=sds, thickness=1.5),
+                           hovertemplate="%{y:.2f} %<extra>" + name + "</extra>")
+        dots_x = [j + offset + 0.06 for j, r in enumerate(rows) for _ in r[key]]
+        dots_y = [v for r in rows for v in r[key].values()]
+        figure.add_scatter(x=dots_x, y=dots_y, mode="markers", name=f"{name}: one seed", showlegend=True,
+                           marker=dict(color=colour, size=5, opacity=0.5), hovertemplate="%{y:.2f} %<extra></extra>")
+    figure.update_layout(title=title, yaxis_title="top-1 accuracy (%)", height=440, template="plotly_white",
+                         legend_title_text="sampling rule")
+    figure.update_xaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels)
+    return figure

@@ -425,10 +425,15 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
     with tempfile.TemporaryDirectory() as out_dir:
         trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
         trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch) for path in paths})
+        # what `labkit train --recipe` runs beyond smoke (labkit.train.recipes.FAST_ARITHMETIC): bf16 autocast where
+        # the device computes bf16 natively, and the compiled fake-quant (where a compiler works)
+        trainers.update({name: training.make_trainer(bits, out_dir, batch_size=batch, amp_bf16=None, channels_last=None)
+                         for name, bits in (("fp32recipe", None), ("jointrecipe", BITS))})
+        recipe_bf16 = trainers["jointrecipe"].amp_bf16
         candidates = {}
         for t in threads:
             for name, trainer in trainers.items():
-                table = tables["compiled" if name == "jointcompiled" else default]
+                table = tables["compiled" if name in ("jointcompiled", "jointrecipe") else default]
                 candidates[f"{name}_t{t}"] = with_threads(t, on_path(table, lambda trainer=trainer: trainer.train_step(
                     images, labels, indices, epoch=0)))
         timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
@@ -460,6 +465,20 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
                     "threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
                     "compile_s_first_call": {k: round(v, 1) for k, v in timer.first_call_s.items()
                                              if k.startswith("jointcompiled")},
+                    "load_average_start": start_load, "load_average_end": end_load})
+        recipe = timer.ratio(f"jointrecipe_t{t}", f"fp32recipe_t{t}", len(BITS))
+        arithmetic = f"{'bf16 autocast' if recipe_bf16 else 'fp32'}, compiled fake-quant"
+        rows[f"joint_trainer_recipe_step_vs_4x_fp32_t{t}"] = row(
+            recipe, "× (JointTrainer.train_step, joint {8,6,4,2} ÷ 4 FP32, both at the recipes' default)",
+            f"≤ {JOINT_GOAL}", recipe <= JOINT_GOAL,
+            label=f"the same at the recipes' default arithmetic ({arithmetic}), {ts}",
+            summary=f"epochs FP32 {round(timer.ms(f'fp32recipe_t{t}') * steps_per_epoch(batch) / 1e3, 1)} s / joint "
+                    f"{round(timer.ms(f'jointrecipe_t{t}') * steps_per_epoch(batch) / 1e3, 1)} s "
+                    f"(the TrainConfig default's joint epoch: {by_path[default]['joint_epoch_s']} s); load {start_load}",
+            detail={"value_is": f"median of {rounds} per-round ratios, wall time, {ts}; the FP32 step at the same "
+                                "arithmetic (bf16 speeds it up too, so the ratio is not the speed-up)",
+                    "amp_bf16": recipe_bf16, "fake_quant": "compiled", "threads": t, "batch": batch,
+                    "fp32_step_ms": timer.ms(f"fp32recipe_t{t}"), "joint_step_ms": timer.ms(f"jointrecipe_t{t}"),
                     "load_average_start": start_load, "load_average_end": end_load})
     return rows
 

@@ -97,7 +97,24 @@ def trained(tmp_path_factory):
     first = result.stdout.splitlines()[0]
     assert first == "cifar10-resnet20 (smoke profile) top-1: " + "  ".join(
         f"{b}-bit {v:.2f}%" for b, v in metrics["accuracy"].items())
+    assert metrics["arithmetic"] == {"amp_bf16": False, "channels_last": False, "fake_quant": "fused"}  # smoke
     return out, metrics
+
+
+def test_compiled_fake_quant_auto_gives_the_same_metrics(trained, tmp_path):
+    """The recipes' default beyond smoke (compile_quant=None: torch.compile kernels where a compiler works) trains
+    the same seeded run to the same accuracies, bit for bit, as the eager fused path (issue 11: defaults change no
+    result)."""
+    _, fused = trained
+    out = tmp_path / "compiled"
+    result = labkit("train", "--recipe", "cifar10-resnet20", "--out", out, "--quiet", "bits=8,4,2", *TINY,
+                    "compile_quant=none")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["arithmetic"]["fake_quant"] in ("compiled", "fused")  # fused only where no compiler works
+    if metrics["arithmetic"]["fake_quant"] == "fused":
+        assert "torch.compile is unavailable" in result.stderr
+    assert metrics["accuracy_by_set"] == fused["accuracy_by_set"]
 
 
 def expected_line(metrics, bits):
@@ -142,7 +159,7 @@ def test_fp32_run_trains_and_evaluates(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     assert (out / "model_fp32.pt").is_file() and not (out / "model_int.safetensors").exists()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["accuracy"]) == ["32"]
+    assert list(metrics["accuracy"]) == ["32"] and metrics["arithmetic"]["fake_quant"] is None
     assert f"FP32 {metrics['accuracy']['32']:.2f}%" in result.stdout
     code, stdout, err = main(capsys, "eval", out, "--subset", 64, "--quiet")
     assert code == 0, err

@@ -61,7 +61,8 @@ class TrainConfig:
     amp_bf16: bool | None = False         # bf16 autocast; None: where the device has native bf16
                                           # (labkit.train.arithmetic), off elsewhere
     channels_last: bool | None = False    # None: off (labkit.train.arithmetic)
-    compile_quant: bool = False           # torch.compile-fused fake-quant kernels
+    compile_quant: bool | None = False    # torch.compile-fused fake-quant kernels (the same bits, labkit.quant.lsq);
+                                          # None: where a compiler works, eager with one warning line elsewhere
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
     supernet: str = "none"                # none | hasb (Hessian-aware roulette, Alg. 1) | uniform (no Hessian)

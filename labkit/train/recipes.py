@@ -129,7 +129,12 @@ RECIPES["cifar10-resnet20-uniform"] = {
 #: intervals, none resolved); a joint epoch took 641 s instead of 1371 s side by side (benchmarks/results.json,
 #: 1 thread). The smoke profile keeps fp32, so CI's seeded results
 #: are the same on every CPU; the reproduction suite pins fp32 too (labkit.reproduction.SUITE_BUDGET).
-FAST_ARITHMETIC = {"amp_bf16": None, "channels_last": None}
+#: ``compile_quant=None``: the fake-quant forward and backward run as torch.compile kernels where a compiler works
+#: (labkit.quant.lsq.use_compile; the same bits as the eager fused path, tests/test_fake_quant_paths.py), after a
+#: warm-up of about 10 s per process; where none works, one warning line and the eager path. Through JointTrainer
+#: it took the joint {8,6,4,2} step from 1.24 to 1.13 × four FP32 steps (1 thread, benchmarks/results.json). The
+#: smoke profile stays eager, so CI pays no compile warm-up.
+FAST_ARITHMETIC = {"amp_bf16": None, "channels_last": None, "compile_quant": None}
 
 
 def list_recipes() -> list[str]:

@@ -23,6 +23,7 @@ from labkit.convert import quantize_model
 from labkit.errors import LabkitError
 from labkit.models import build_model
 from labkit.models.imagenet import load_state_dict_file
+from labkit.quant.lsq import fake_quant_path
 from labkit.storage import save_int
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, barrier, setup
@@ -237,7 +238,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
     group = setup(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    if config.compile_quant:
+    if config.compile_quant is not False:  # True, or None (auto): compiled where a compiler works, else eager
         from labkit.quant.lsq import use_compile
 
         use_compile(True)
@@ -267,7 +268,8 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         "profile": profile,
         "budget": budget(config, trainer, profile),
         "alrs_applied": trainer.alrs_rule if config.bits else None,
-        "arithmetic": {"amp_bf16": trainer.amp_bf16, "channels_last": trainer.channels_last},
+        "arithmetic": {"amp_bf16": trainer.amp_bf16, "channels_last": trainer.channels_last,
+                       "fake_quant": fake_quant_path() if config.bits else None},
         "hardware": lab_config.hardware_summary(),
         "world_size": group.world_size,
     }

@@ -153,8 +153,9 @@ def _seed_row_label(row: dict) -> tuple[str, str]:
 
 def _mean_sd(values: Mapping) -> str:
     numbers = list(values.values())
-    sd = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
-    return f"{statistics.fmean(numbers):.1f} ± {sd:.1f}"
+    if len(numbers) < 2:
+        return f"{numbers[0]:.1f} (one seed, no sd)"
+    return f"{statistics.fmean(numbers):.1f} ± {statistics.stdev(numbers):.1f}"
 
 
 def seed_comparison_table(rows, a: str = "HASB", b: str = "uniform sampling") -> str:

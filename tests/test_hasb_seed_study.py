@@ -78,6 +78,23 @@ def test_table_and_sentence_say_which_differences_are_real(runs):
     assert len(means.x) == len(rows) and means.y[0] == pytest.approx(73.0)
     assert list(means.error_y.array)[0] == pytest.approx(1.0)
     assert len(figure.data[1].y) == 3 * len(rows)  # every seed drawn
+    difference = figure.data[-1]  # the paired panel: mean 3 with the t-interval [3 − 2.48, 3 + 2.48]
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert difference.y[0] == pytest.approx(3.0) and difference.error_y.array[0] == pytest.approx(half)
+    assert difference.marker.symbol[0] == "circle" and difference.marker.symbol[1] == "circle-open"  # real, not
+
+
+def test_unfinished_runs_are_not_seeds_and_one_seed_has_no_sd(runs, tmp_path):
+    (runs / "hasb-s3").mkdir()  # started, not finished: not a seed yet
+    (runs / "hasb-s3" / "config.json").write_text("{}")
+    assert sorted(seed_runs("hasb", runs)) == [0, 1, 2]
+    one = tmp_path / "one"
+    for name in ("hasb-s0", "uniform-s0"):
+        (one / name).mkdir(parents=True)
+        for file in (runs / name).iterdir():
+            (one / name / file.name).write_bytes(file.read_bytes())
+    table = seed_comparison_table(seed_comparison(one))
+    assert "| 72.0 (one seed, no sd) | 70.0 (one seed, no sd) | +2.0 (1 seed, no interval) |" in table
 
 
 def test_different_allocations_or_missing_searches_are_refused(tmp_path, runs):
@@ -88,8 +105,22 @@ def test_different_allocations_or_missing_searches_are_refused(tmp_path, runs):
               runs / "uniform-s1" / "search-bitops.csv")
     with pytest.raises(LabkitError, match="seed 1: .*evaluated different allocations"):
         seed_comparison(runs)
-    with pytest.raises(LabkitError, match="no hasb-s<seed> run folders"):
+    with pytest.raises(LabkitError, match="no finished hasb-s<seed> run folders"):
         seed_runs("hasb", tmp_path / "nowhere")
+
+
+
+def test_committed_seeded_runs_pair_every_seed():
+    hasb, uniform = seed_runs("hasb", SEED_RESULTS), seed_runs("uniform", SEED_RESULTS)
+    assert sorted(hasb) == sorted(uniform) and len(hasb) >= 3
+    for seed in hasb:  # the pair shares the Hessian traces the search ranks layers by
+        traces = [json.loads((runs[seed] / "supernet.json").read_text())["average_traces"] for runs in (hasb, uniform)]
+        assert traces[0] == traces[1]
+        rules = [json.loads((runs[seed] / "config.json").read_text())["config"] for runs in (hasb, uniform)]
+        assert (rules[0]["supernet"], rules[1]["supernet"]) == ("hasb", "uniform")
+        assert rules[0]["seed"] == rules[1]["seed"] == seed
+    rows = seed_comparison()
+    assert {r["budget"] for r in rows} == {"equal_avg_bits", "equal_bitops", "uniform_bits"}
 
 
 def test_sentences_carry_the_run_files_numbers(runs):

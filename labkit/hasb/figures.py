@@ -162,16 +162,22 @@ def committed_search(run: str) -> list[dict]:
 
 def seed_comparison_figure(rows, a: str = "HASB", b: str = "uniform sampling",
                            title: str = "HASB vs uniform sampling over training seeds"):
-    """Each compared quantity (x) of :func:`labkit.hasb.seed_study.seed_comparison`, the two rules side by side:
-    the mean over seeds with a ±1 standard deviation bar, and every seed as a small dot."""
+    """Each compared quantity (x) of :func:`labkit.hasb.seed_study.seed_comparison`, in two panels sharing x: on top
+    the two rules side by side (mean over seeds with a ±1 standard deviation bar, every seed as a small dot); below
+    the paired difference a − b with its 95 % interval over seeds (:class:`labkit.statistics.PairedDifference`),
+    with a zero line, filled where the interval excludes zero."""
     import statistics
+
+    from plotly.subplots import make_subplots
 
     from labkit.hasb.seed_study import SUMMARIES
 
     short = {"equal_avg_bits": "3.00 avg bits", "equal_bitops": "BitOPs of uniform 3-bit"}
     labels = [f"uniform {r['summary']}-bit" if r["budget"] == "uniform_bits" else
               f"{SUMMARIES[r['summary']]}<br>at {short[r['budget']]}" for r in rows]
-    figure = go.Figure()
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4],
+                           subplot_titles=("top-1 of each rule: mean ± sd over seeds, dots = seeds",
+                                           f"paired difference {a} − {b}, 95 % interval over seeds"))
     for i, (key, name) in enumerate((("a", a), ("b", b))):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         offset = -0.15 if i == 0 else 0.15
@@ -180,12 +186,26 @@ def seed_comparison_figure(rows, a: str = "HASB", b: str = "uniform sampling",
         figure.add_scatter(x=[j + offset for j in range(len(rows))], y=means, mode="markers", name=f"{name}: mean ± sd",
                            marker=dict(color=colour, size=10, symbol="circle" if i == 0 else "diamond"),
                            error_y=dict(type="data", array=sds, thickness=1.5),
-                           hovertemplate="%{y:.2f} %<extra>" + name + "</extra>")
+                           hovertemplate="%{y:.2f} %<extra>" + name + "</extra>", row=1, col=1)
         dots_x = [j + offset + 0.06 for j, r in enumerate(rows) for _ in r[key]]
         dots_y = [v for r in rows for v in r[key].values()]
-        figure.add_scatter(x=dots_x, y=dots_y, mode="markers", name=f"{name}: one seed", showlegend=True,
-                           marker=dict(color=colour, size=5, opacity=0.5), hovertemplate="%{y:.2f} %<extra></extra>")
-    figure.update_layout(title=title, yaxis_title="top-1 accuracy (%)", height=440, template="plotly_white",
-                         legend_title_text="sampling rule")
-    figure.update_xaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels)
+        figure.add_scatter(x=dots_x, y=dots_y, mode="markers", name=f"{name}: one seed",
+                           marker=dict(color=colour, size=5, opacity=0.5), hovertemplate="%{y:.2f} %<extra></extra>",
+                           row=1, col=1)
+    differences = [r["difference"] for r in rows]
+    has_interval = [d.low is not None for d in differences]
+    figure.add_scatter(x=list(range(len(rows))), y=[d.mean for d in differences], mode="markers",
+                       name=f"{a} − {b}: mean, 95 % interval",
+                       marker=dict(color="#444444", size=9, symbol=["circle" if d.resolved else "circle-open"
+                                                                    for d in differences]),
+                       error_y=dict(type="data", symmetric=False, visible=any(has_interval), thickness=1.5,
+                                    array=[d.high - d.mean if d.low is not None else 0.0 for d in differences],
+                                    arrayminus=[d.mean - d.low if d.low is not None else 0.0 for d in differences]),
+                       hovertemplate="%{y:+.2f} points<extra></extra>", row=2, col=1)
+    figure.add_hline(y=0.0, line=dict(color="#999999", dash="dash"), row=2, col=1)
+    figure.update_layout(title=title + " (filled dot below: interval excludes zero)", height=640,
+                         template="plotly_white", legend_title_text="sampling rule")
+    figure.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
+    figure.update_yaxes(title_text="difference (points)", row=2, col=1)
+    figure.update_xaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels, row=2, col=1)
     return figure

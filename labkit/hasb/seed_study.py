@@ -42,9 +42,10 @@ def seed_runs(rule: str, root=SEED_RESULTS) -> dict[int, Path]:
     """``{seed: run folder}`` of one sampling rule's finished SuperNets under ``root`` (``<rule>-s<seed>``)."""
     root = Path(root)
     pattern = re.compile(rf"{re.escape(rule)}-s(\d+)")
-    runs = {int(m.group(1)): p for p in sorted(root.glob(f"{rule}-s*")) if (m := pattern.fullmatch(p.name))}
+    runs = {int(m.group(1)): p for p in sorted(root.glob(f"{rule}-s*"))
+            if (m := pattern.fullmatch(p.name)) and (p / "metrics.json").is_file()}  # finished runs only
     if not runs:
-        raise LabkitError(f"no {rule}-s<seed> run folders under {root}; train them with labkit train --recipe "
+        raise LabkitError(f"no finished {rule}-s<seed> run folders under {root}; train them with labkit train --recipe "
                           f"cifar10-resnet20-{rule} seed=<k> and search each with labkit search.")
     return runs
 

@@ -47,6 +47,7 @@ from foundation import interleaved_times, paired_ratio  # noqa: E402
 from labkit.models import build_model  # noqa: E402
 from labkit.quant import lsq  # noqa: E402
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, use_fake_quant_path  # noqa: E402
+from labkit.train.arithmetic import resolve_arithmetic  # noqa: E402
 
 BITS = (8, 6, 4, 2)
 HIGH = 8
@@ -402,6 +403,21 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                     f"{main['fp32_images_per_s']}); load {start_load}",
             detail={"fastest": fastest, "images_per_s": {c: per_config[c]["fp32_images_per_s"] for c in configs},
                     **common})
+        # what `labkit train --recipe` picks beyond smoke (labkit.train.recipes.FAST_ARITHMETIC, resolved for this
+        # device by labkit.train.arithmetic): the issue's goal is that this is the fastest path
+        bf16, channels_last = resolve_arithmetic(None, None, torch.device("cpu"))
+        recipe = {(False, False): "fp32", (False, True): "channels_last", (True, False): "bf16"}.get(
+            (bf16, channels_last), "bf16")
+        if recipe in configs:
+            lost = timer.ratio(f"fp32_{recipe}_t{t}", f"fp32_{fastest}_t{t}")
+            rows[f"fp32_recipe_default_vs_fastest_t{t}"] = row(
+                lost, "× (the recipes' default FP32 step time ÷ the fastest configuration's)",
+                "1: the default is the fastest path (that keeps accuracy: speed_bf16_accuracy)", recipe == fastest,
+                label=f"FP32 ResNet-20 training step: the recipes' default on this CPU ({recipe}) ÷ the fastest of "
+                      f"{list(configs)}, {ts}",
+                summary=f"fastest: {fastest} ({per_config[fastest]['fp32_images_per_s']} img/s); the recipes' "
+                        f"default {recipe} ({per_config[recipe]['fp32_images_per_s']} img/s); load {start_load}",
+                detail={"recipe_default": recipe, "fastest": fastest, **common})
     return rows
 
 

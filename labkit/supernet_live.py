@@ -7,8 +7,9 @@ codes × scale), turns its batch norms into Transitional BN (:func:`labkit.conve
 (previous-layer bit, current-layer bit) pair, the predecessor found in the data flow) and samples the bits of every
 layer with the Hessian-aware roulette of the traces you pass (:class:`labkit.hasb.supernet.BitSampler`). For each
 batch and each default bit-width b (8 → 2) every layer is at b and, independently with probability σ, replaced by
-a roulette draw; then forward, backward and one Adam step, every parameter at one λ (Alg. A.3, the recipe's
-``supernet_alrs="one_lr"``).
+a roulette draw; then forward, backward and one Adam step, at the recipe's laptop fine-tune setting: λ/10, each
+layer's scales at λ·η_b for the bit it was drawn at (``supernet_alrs="sampled_bit"``; Alg. A.3's one λ wrecked the
+2-bit model at this budget, :mod:`labkit.train.recipes`).
 
 The run is exactly the recipe's except for its size: ``steps`` batches of ``batch_size`` augmented training images,
 one epoch with no warm-up (so σ_e = σ from the first step, and the draws show), then the four uniform bit-widths

@@ -192,6 +192,10 @@ def test_supernet_recipe_follows_alg_a3_by_default():
     from labkit.train.recipes import recipe_config
 
     for name in ("cifar10-resnet20-hasb", "cifar10-resnet20-uniform"):
-        config = recipe_config(name, "smoke")
-        assert config.supernet_alrs == "one_lr"
+        config = recipe_config(name, "paper")  # Alg. A.3 as printed: one λ for every parameter
+        assert (config.supernet_alrs, config.lr) == ("one_lr", 5e-4)
         assert alrs_rule_for(config.method, config.alrs, config.alrs_scope, True, config.supernet_alrs) == "none"
+        for profile in ("smoke", "laptop"):  # the short fine-tunes: λ/10, the sampled bit's ALRS factor (measured)
+            config = recipe_config(name, profile)
+            assert (config.supernet_alrs, config.lr) == ("sampled_bit", 5e-5)
+            assert alrs_rule_for(config.method, config.alrs, config.alrs_scope, True, config.supernet_alrs) == "eq7"

@@ -57,13 +57,13 @@ def test_smoke_hasb_chain_traces_supernet_search_evaluation(joint_run, tmp_path)
         assert p == pytest.approx(expected), name
     metrics = json.loads((supernet / "metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"8", "6", "4", "2"}
-    # 8, 6 and 4 bits beat chance by > 2 standard errors on the evaluated images. The 2-bit pass is not asserted:
-    # at one λ for every parameter (Alg. A.3) a fresh Adam first pulls the 2-bit accuracy down, to about chance
-    # after 8 smoke steps on some CPUs (9.3 % on 300 images on an AMD EPYC); the laptop runs recover from it
-    # (docs/results/hasb-seeds/*/log.csv).
+    # every bit-width beats chance by > 2 standard errors on the evaluated images, the 2-bit pass too: the short
+    # fine-tune (λ/10, the sampled bit's ALRS factor) keeps what the joint run learnt; at Alg. A.3's one λ the 2-bit
+    # pass fell to chance here (9.3 % on 300 images, AMD EPYC)
     evaluated = metrics["budget"]["eval_images"]["test"]
     margin = 2 * 100 * (0.1 * 0.9 / evaluated) ** 0.5
-    assert all(metrics["accuracy"][b] > CHANCE + margin for b in ("8", "6", "4")), metrics["accuracy"]
+    assert all(top1 > CHANCE + margin for top1 in metrics["accuracy"].values()), metrics["accuracy"]
+    print("smoke SuperNet top-1:", metrics["accuracy"])
     done = labkit("search", str(supernet), "--avg-bits", "3", "--subset", "200", "--quiet")
     assert "SubNets evaluated" in done.stdout
     with (supernet / "search.csv").open() as stream:

@@ -145,10 +145,10 @@ def _seed_row_label(row: dict) -> tuple[str, str]:
     from labkit.hasb.seed_study import BUDGETS, SUMMARIES
 
     if row["budget"] == "uniform_bits":
-        return "every layer at one bit-width (10,000 test images)", f"uniform {row['summary']}-bit"
+        return "every layer at one bit-width", f"uniform {row['summary']}-bit"
     subnets = sorted(set(row["subnets"].values()))
     count = f"{subnets[0]}" if len(subnets) == 1 else f"{subnets[0]}–{subnets[-1]}"
-    return f"{BUDGETS[row['budget']][1]} ({count} SubNets, 1,000 test images)", SUMMARIES[row["summary"]]
+    return f"{BUDGETS[row['budget']][1]} ({count} SubNets)", SUMMARIES[row["summary"]]
 
 
 def _mean_sd(values: Mapping) -> str:
@@ -191,13 +191,20 @@ def seed_comparison_sentence(rows, a: str = "HASB", b: str = "uniform sampling")
                              "images it is scored on.")
 
 
+SUPERNET_ALRS_WORDS = {"one_lr": "every parameter at one λ, Alg. A.3 as printed",
+                       "sampled_bit": "each layer's scales at λ·η_b for the bit it was sampled at, as in the joint stage"}
+
+
 def seed_budget_sentence(record: Mapping) -> str:
     """How the seeded SuperNets were made (:func:`labkit.hasb.seed_study.budget_record`), as a sentence."""
     budget = record["budget"]
     seeds = ", ".join(str(s) for s in record["seeds"])
     return (f"Each SuperNet: {budget['epochs']} epochs of {budget['train_images']:,} training images in batches of "
             f"{budget['batch_size']} ({budget['steps']} steps, {budget['passes_per_step']} passes each) at the "
-            f"{budget['profile']} profile, from the shipped `cifar10-resnet20` and `cifar10-resnet20-fp32`, about "
+            f"{budget['profile']} profile, Adam at {record.get('lr', 5e-4):g} with the scales' learning rates "
+            f"`supernet_alrs={record.get('supernet_alrs', 'one_lr')}` ({SUPERNET_ALRS_WORDS[record.get('supernet_alrs', 'one_lr')]}), "
+            f"from the shipped `cifar10-resnet20` and `cifar10-resnet20-fp32`, about "
             f"{record['wall_time_s'] / 60:.0f} min each on {record['hardware']} (1 torch thread); seeds {seeds}; "
             f"code {', '.join(record['source'])}. Searches: `labkit search RUN --avg-bits 3` and `labkit search RUN "
-            "--avg-bits none --bitops-budget uniform:3 --output search-bitops`, 1,000 test images each.")
+            "--avg-bits none --bitops-budget uniform:3 --output search-bitops`, every SubNet on the same 1,000 test "
+            "images; the uniform bit-widths on all 10,000 (the runs' own evaluation).")

@@ -14,8 +14,10 @@ import json
 import statistics
 from pathlib import Path
 
-from labkit.hasb.figures import COMMITTED_RESULTS, allocation_figure, committed_search, spread_figure
-from labkit.hasb.reviewers import accuracy_spread, allocation_comparison
+from labkit.hasb.figures import COMMITTED_RESULTS, allocation_figure, seed_comparison_figure
+from labkit.hasb.reviewers import allocation_comparison
+from labkit.hasb.seed_study import budget_record, seed_comparison, seed_search
+from labkit.hasb_tables import seed_budget_sentence, seed_comparison_sentence, seed_comparison_table
 from labkit.reproduction import (
     COMPARISONS, OPEN_COMPARISONS, PAPER_TABLE4, SUITE_BUDGET, SUITE_FP32, accuracy_by_seed, accuracy_figure,
     budget_sentence, collect, comparison_sentence, comparisons_table, drop_goal_table, markdown_table,
@@ -209,17 +211,26 @@ def weight_scale_section() -> list[str]:
     return lines
 
 
-def hasb_table() -> str:
-    """The SuperNets' SubNets at 3.00 average bits (README block ``hasb`` and the RESULTS section)."""
-    lines = ["| SuperNet | ILP optimum | best | mean ± sd | range | SubNets |", "|---|---|---|---|---|---|"]
-    for name, folder in (("HASB (roulette by Hessian trace)", "cifar10-resnet20-hasb-laptop"),
-                         ("uniform sampling", "cifar10-resnet20-uniform-laptop")):
-        records = committed_search(folder)
-        optimum = next(r for r in records if r["kind"] == "optimum")
-        values = [r["accuracy"] for r in records]
-        lines.append(f"| {name} | {optimum['accuracy']:.1f} | {max(values):.1f} | {statistics.fmean(values):.1f} ± "
-                     f"{statistics.stdev(values):.1f} | {min(values):.1f}–{max(values):.1f} | {len(values)} |")
-    return "\n".join(lines)
+#: The seeded SuperNet comparisons on the page: the recipes' setting first (README block), then the ablation.
+HASB_RUNS = {"hasb-seeds": "the recipes' setting", "hasb-seeds-one-lr": "ablation: one λ for every parameter"}
+
+
+def hasb_table(folder: str = "hasb-seeds") -> str:
+    """HASB vs uniform sampling over the seeded SuperNets in ``docs/results/<folder>`` (README block ``hasb`` and the
+    RESULTS section): how they were made, the paired comparison table and which differences are real."""
+    from labkit.checkpoints import shipped
+
+    root = COMMITTED_RESULTS / folder
+    rows = seed_comparison(root)
+    start = float(shipped("cifar10-resnet20")[1]["accuracy"]["2"])
+    two = next(r for r in rows if r["budget"] == "uniform_bits" and r["summary"] == 2)
+    error = 100 * (start / 100 * (1 - start / 100) / 10_000) ** 0.5
+    start_sentence = (f"The joint model both start from (`cifar10-resnet20`) has {start:.1f} % at 2 bits on the same "
+                      f"10,000 test images (binomial s.e. ±{error:.1f}); after SuperNet training the 2-bit accuracy is "
+                      f"{statistics.fmean(two['a'].values()):.1f} % (HASB) and {statistics.fmean(two['b'].values()):.1f} "
+                      f"% (uniform sampling), means over the seeds.")
+    return "\n\n".join([seed_budget_sentence(budget_record(root)), seed_comparison_table(rows),
+                         seed_comparison_sentence(rows) + " " + start_sentence])
 
 
 def efficientnet_table() -> str:
@@ -235,23 +246,26 @@ def efficientnet_table() -> str:
 
 
 def hasb_section() -> list[str]:
-    hasb, uniform = committed_search("cifar10-resnet20-hasb-laptop"), committed_search("cifar10-resnet20-uniform-laptop")
-    lines = ["## HASB vs uniform sampling at equal average bits", "",
-             "SuperNets trained from the laptop-profile joint model (shipped before the long-profile models) by "
-             "`cifar10-resnet20-hasb` and `cifar10-resnet20-uniform` "
-             "(laptop profile: 3 epochs on a fixed 10,000-image subset, 1 warm-up epoch with σ = 0, σ = 0.5, Hessian "
-             "traces from 256 images × 3 probes; the same CPU, 1 torch thread each, both at once, 14.7 min each), "
-             "then `labkit search RUN --avg-bits 3 --subset 1000`: the ILP optimum for ω = 3.0 and its 51 neighbouring "
-             "SubNets, all at exactly 3.00 average bits, each evaluated on the same fixed 1,000 test images without "
-             "BN re-calibration.", "",
-             hasb_table()]
-    comparison = allocation_comparison(hasb, uniform, 3.0)
-    lines += ["", _figure(allocation_figure(comparison), "hasb_allocations") + " (bits per layer of the best SubNet "
-              "of each) · " + _figure(spread_figure({"HASB": accuracy_spread(hasb), "uniform": accuracy_spread(uniform)}),
-                                       "hasb_spread"), "",
-              "One seed per SuperNet and 1,000 images: HASB is ahead on every summary, but with no interval over seeds "
-              "the difference is not resolved at this budget; the gap is about the size of the spread among SubNets at "
-              "the same average bits and of the binomial standard error of one 1,000-image accuracy (±1.4 points).", ""]
+    lines = ["## HASB vs uniform sampling over training seeds", "",
+             "The SuperNet recipes `cifar10-resnet20-hasb` (roulette by Hessian trace, Alg. 1) and "
+             "`cifar10-resnet20-uniform` (the same training with uniform bit sampling), paired by seed: a seed's two "
+             "SuperNets share the data order and the Hessian traces, so their searches evaluate the same "
+             "allocations (`labkit.hasb.seed_study`; run files in `docs/results/<folder>/`).", ""]
+    for folder, what in HASB_RUNS.items():
+        root = COMMITTED_RESULTS / folder
+        if not root.is_dir():
+            continue
+        rows = seed_comparison(root)
+        seed = min(budget_record(root)["seeds"])
+        comparison = allocation_comparison(seed_search("hasb", seed, root=root), seed_search("uniform", seed, root=root),
+                                           3.0)
+        name = folder.replace("hasb-seeds", "hasb_seeds").replace("-", "_")
+        lines += [f"### `{folder}`: {what}", "", hasb_table(folder), "",
+                  _figure(seed_comparison_figure(rows), name) + " (top: mean ± sd over seeds, every seed as a dot; "
+                  "bottom: the paired difference with its 95 % interval) · "
+                  + _figure(allocation_figure(comparison, title=f"Seed {seed}: best SubNet of each SuperNet at 3.00 "
+                                              "average bits"), f"{name}_allocations") + f" (bits per layer, seed {seed})",
+                  ""]
     return lines
 
 

@@ -25,6 +25,7 @@ def make_run(root, name, search, search_bitops, accuracy):
     (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "budget": {"epochs": 1},
                                                   "hardware": "test"}))
     (run / "run.json").write_text(json.dumps({"sessions": [{"wall_time_s": 60.0, "source": "abc", "argv": ["x"]}]}))
+    (run / "config.json").write_text(json.dumps({"config": {"lr": 5e-5, "supernet_alrs": "sampled_bit"}}))
     return run
 
 
@@ -67,7 +68,7 @@ def test_paired_differences_over_seeds_are_the_hand_computed_t_intervals(runs):
 def test_table_and_sentence_say_which_differences_are_real(runs):
     rows = seed_comparison(runs)
     table = seed_comparison_table(rows)
-    assert "| 3.00 average bits (2 SubNets, 1,000 test images) | ILP optimum | 73.0 ± 1.0 | 70.0 ± 0.0 |" in table
+    assert "| 3.00 average bits (2 SubNets) | ILP optimum | 73.0 ± 1.0 | 70.0 ± 0.0 |" in table
     assert "| uniform 2-bit | 40.0 ± 0.0 | 40.0 ± 0.0 | +0.0 [+0.0, +0.0] | not resolved at this budget |" in table
     sentence = seed_comparison_sentence(rows)
     assert sentence.startswith("Over 3 paired training seeds, HASB − uniform sampling is real for ILP optimum at "
@@ -140,6 +141,7 @@ def test_sentences_carry_the_run_files_numbers(runs):
     assert made["seeds"] == [0, 1, 2] and made["wall_time_s"] == 60.0 and made["source"] == ["abc"]
     made["budget"] = record["budget"]
     assert "seeds 0, 1, 2; code abc." in seed_budget_sentence(made)
+    assert "Adam at 5e-05 with the scales' learning rates `supernet_alrs=sampled_bit`" in seed_budget_sentence(made)
     assert [r["accuracy"] for r in seed_search("uniform", 2, root=runs)] == [70.0, 64.0]
     with pytest.raises(LabkitError, match="seeds there: \\[0, 1, 2\\]"):
         seed_search("hasb", 7, root=runs)

@@ -203,8 +203,9 @@ def seed_comparison_figure(rows, a: str = "HASB", b: str = "uniform sampling",
                                     arrayminus=[d.mean - d.low if d.low is not None else 0.0 for d in differences]),
                        hovertemplate="%{y:+.2f} points<extra></extra>", row=2, col=1)
     figure.add_hline(y=0.0, line=dict(color="#999999", dash="dash"), row=2, col=1)
-    figure.update_layout(title=title + " (filled dot below: interval excludes zero)", height=640,
-                         template="plotly_white", legend_title_text="sampling rule")
+    figure.update_layout(title=title + " (filled dot below: interval excludes zero)", height=720,
+                         template="plotly_white", legend_title_text="sampling rule",
+                         legend=dict(orientation="h", yanchor="top", y=-0.3, x=0), margin=dict(b=170))
     figure.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
     figure.update_yaxes(title_text="difference (points)", row=2, col=1)
     figure.update_xaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels, row=2, col=1)

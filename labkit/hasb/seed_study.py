@@ -108,14 +108,16 @@ def seed_comparison(root=SEED_RESULTS, a: str = "hasb", b: str = "uniform") -> l
 
 
 def budget_record(root=SEED_RESULTS, rule: str = "hasb") -> dict:
-    """How the seeded SuperNets were made, from the first seed's run files: the command, the budget, hardware, wall
-    time per SuperNet (mean over the seeds) and the seeds."""
+    """How the seeded SuperNets were made, from the first seed's run files: the command, the budget, the learning
+    rate and the scales' rule (``supernet_alrs``), hardware, wall time per SuperNet (mean over the seeds), the seeds."""
     runs = seed_runs(rule, root)
     first = runs[min(runs)]
     metrics = json.loads((first / "metrics.json").read_text())
     sessions = [json.loads((run / "run.json").read_text())["sessions"] for run in runs.values()]
     wall = [sum(s["wall_time_s"] for s in session) for session in sessions]
+    config = json.loads((first / "config.json").read_text())["config"]
     return {"budget": metrics["budget"], "hardware": metrics["hardware"], "seeds": sorted(runs),
+            "lr": config["lr"], "supernet_alrs": config.get("supernet_alrs", "one_lr"),
             "wall_time_s": statistics.fmean(wall), "argv": sessions[0][0]["argv"],
             "source": sorted({s["source"] for session in sessions for s in session})}
 

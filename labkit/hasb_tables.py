@@ -208,3 +208,24 @@ def seed_budget_sentence(record: Mapping) -> str:
             f"code {', '.join(record['source'])}. Searches: `labkit search RUN --avg-bits 3` and `labkit search RUN "
             "--avg-bits none --bitops-budget uniform:3 --output search-bitops`, every SubNet on the same 1,000 test "
             "images; the uniform bit-widths on all 10,000 (the runs' own evaluation).")
+
+
+def setting_comparison_sentence(main, ablation) -> str:
+    """Two seeded SuperNet settings (run folders ``main`` and ``ablation``, :mod:`labkit.hasb.seed_study`), the same
+    seeds of each rule paired: uniform 2-bit (the runs' own 10,000-image evaluation) and the ILP optimum at 3.00
+    average bits, each difference with its 95 % interval and verdict."""
+    from pathlib import Path
+
+    from labkit.hasb.seed_study import seed_comparison
+    from labkit.statistics import paired_difference
+
+    main, ablation = Path(main), Path(ablation)
+    rows = {root: {(r["budget"], r["summary"]): r for r in seed_comparison(root)} for root in (main, ablation)}
+    parts = []
+    for key, what in ((("uniform_bits", 2), "uniform 2-bit"), (("equal_avg_bits", "optimum"),
+                                                               "the ILP optimum at 3.00 average bits")):
+        for side, rule in (("a", "HASB"), ("b", "uniform sampling")):
+            difference = paired_difference(rows[main][key][side], rows[ablation][key][side])
+            parts.append(f"{what}, {rule}: {difference.interval_text(1)} ({difference.verdict()})")
+    return (f"The recipes' setting (`{main.name}`) minus the one-λ ablation (`{ablation.name}`), the same seeds paired, "
+            "points with 95 % intervals: " + "; ".join(parts) + ".")

@@ -17,7 +17,8 @@ from pathlib import Path
 from labkit.hasb.figures import COMMITTED_RESULTS, allocation_figure, seed_comparison_figure
 from labkit.hasb.reviewers import allocation_comparison
 from labkit.hasb.seed_study import budget_record, seed_comparison, seed_search
-from labkit.hasb_tables import seed_budget_sentence, seed_comparison_sentence, seed_comparison_table
+from labkit.hasb_tables import (seed_budget_sentence, seed_comparison_sentence, seed_comparison_table,
+                                setting_comparison_sentence)
 from labkit.reproduction import (
     COMPARISONS, OPEN_COMPARISONS, PAPER_TABLE4, SUITE_BUDGET, SUITE_FP32, accuracy_by_seed, accuracy_figure,
     budget_sentence, collect, comparison_sentence, comparisons_table, drop_goal_table, markdown_table,
@@ -229,8 +230,11 @@ def hasb_table(folder: str = "hasb-seeds") -> str:
                       f"10,000 test images (binomial s.e. ±{error:.1f}); after SuperNet training the 2-bit accuracy is "
                       f"{statistics.fmean(two['a'].values()):.1f} % (HASB) and {statistics.fmean(two['b'].values()):.1f} "
                       f"% (uniform sampling), means over the seeds.")
-    return "\n\n".join([seed_budget_sentence(budget_record(root)), seed_comparison_table(rows),
-                         seed_comparison_sentence(rows) + " " + start_sentence])
+    blocks = [seed_budget_sentence(budget_record(root)), seed_comparison_table(rows),
+              seed_comparison_sentence(rows) + " " + start_sentence]
+    if folder == "hasb-seeds" and all((COMMITTED_RESULTS / f).is_dir() for f in HASB_RUNS):
+        blocks.append(setting_comparison_sentence(*(COMMITTED_RESULTS / f for f in HASB_RUNS)))
+    return "\n\n".join(blocks)
 
 
 def efficientnet_table() -> str:

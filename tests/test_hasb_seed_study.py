@@ -150,3 +150,21 @@ def test_sentences_carry_the_run_files_numbers(runs):
     assert cost_ratio_sentence(comparison) == (
         "The ILP SubNet at 3.00 average bits costs 1.28× the BitOPs of uniform 3-bit; under the BitOPs of uniform "
         "3-bit the ILP affords 2.78 average bits (1.00× uniform's BitOPs).")
+
+
+def test_setting_comparison_pairs_the_same_seeds_of_two_settings(runs, tmp_path):
+    from labkit.hasb_tables import setting_comparison_sentence
+
+    ablation = tmp_path / "ablation"
+    for run in runs.iterdir():  # the same runs with every uniform 2-bit accuracy 10 points lower
+        (ablation / run.name).mkdir(parents=True)
+        for file in run.iterdir():
+            (ablation / run.name / file.name).write_bytes(file.read_bytes())
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["accuracy"]["2"] -= 10.0 + int(run.name[-1])  # differences 10, 11, 12 over seeds 0-2
+        (ablation / run.name / "metrics.json").write_text(json.dumps(metrics))
+    sentence = setting_comparison_sentence(runs, ablation)
+    assert sentence.startswith(f"The recipes' setting (`{runs.name}`) minus the one-λ ablation (`ablation`)")
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert f"uniform 2-bit, HASB: +11.0 [{11 - half:+.1f}, {11 + half:+.1f}] (real)" in sentence
+    assert "the ILP optimum at 3.00 average bits, HASB: +0.0 [+0.0, +0.0] (not resolved at this budget)" in sentence

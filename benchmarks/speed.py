@@ -406,8 +406,7 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
         # what `labkit train --recipe` picks beyond smoke (labkit.train.recipes.FAST_ARITHMETIC, resolved for this
         # device by labkit.train.arithmetic): the issue's goal is that this is the fastest path
         bf16, channels_last = resolve_arithmetic(None, None, torch.device("cpu"))
-        recipe = {(False, False): "fp32", (False, True): "channels_last", (True, False): "bf16"}.get(
-            (bf16, channels_last), "bf16")
+        recipe = "bf16" if bf16 else ("channels_last" if channels_last else "fp32")
         if recipe in configs:
             lost = timer.ratio(f"fp32_{recipe}_t{t}", f"fp32_{fastest}_t{t}")
             rows[f"fp32_recipe_default_vs_fastest_t{t}"] = row(

@@ -131,15 +131,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 # -------------------------------------------------------------------------------------------------- search
 def _cmd_search(args: argparse.Namespace) -> int:
-    from labkit.hasb.run_search import search_run
+    from labkit.hasb.run_search import pareto_file, search_run
 
     records = search_run(args.run, avg_bits=args.avg_bits, sweep_text=args.sweep, neighbours=not args.no_neighbours,
                          subset=args.subset, recalibrate=args.recalibrate, bitops_budget=args.bitops_budget,
                          size_budget_bits=args.size_budget_bits, show_progress=not args.quiet, output=args.output)
     best = max(records, key=lambda r: r["accuracy"])
     print(f"{len(records)} SubNets evaluated; best {best['accuracy']:.2f}% at {best['avg_bits']:.2f} average bits")
-    figure = "pareto.html" if args.output == "search" else f"{args.output}-pareto.html"
-    print(f"wrote {args.run}/{args.output}.csv and {args.run}/{figure}")
+    print(f"wrote {args.run}/{args.output}.csv and {args.run}/{pareto_file(args.output)}")
     return 0
 
 

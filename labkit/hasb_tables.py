@@ -197,12 +197,12 @@ SUPERNET_ALRS_WORDS = {"one_lr": "every parameter at one λ, Alg. A.3 as printed
 
 def seed_budget_sentence(record: Mapping) -> str:
     """How the seeded SuperNets were made (:func:`labkit.hasb.seed_study.budget_record`), as a sentence."""
-    budget = record["budget"]
+    budget, rule = record["budget"], record.get("supernet_alrs", "one_lr")
     seeds = ", ".join(str(s) for s in record["seeds"])
     return (f"Each SuperNet: {budget['epochs']} epochs of {budget['train_images']:,} training images in batches of "
             f"{budget['batch_size']} ({budget['steps']} steps, {budget['passes_per_step']} passes each) at the "
             f"{budget['profile']} profile, Adam at {record.get('lr', 5e-4):g} with the scales' learning rates "
-            f"`supernet_alrs={record.get('supernet_alrs', 'one_lr')}` ({SUPERNET_ALRS_WORDS[record.get('supernet_alrs', 'one_lr')]}), "
+            f"`supernet_alrs={rule}` ({SUPERNET_ALRS_WORDS[rule]}), "
             f"from the shipped `cifar10-resnet20` and `cifar10-resnet20-fp32`, about "
             f"{record['wall_time_s'] / 60:.0f} min each on {record['hardware']} (1 torch thread); seeds {seeds}; "
             f"code {', '.join(record['source'])}. Searches: `labkit search RUN --avg-bits 3` and `labkit search RUN "

@@ -24,7 +24,7 @@ from labkit.reproduction import (
     budget_sentence, collect, comparison_sentence, comparisons_table, drop_goal_table, markdown_table,
     paired_comparisons,
 )
-from labkit.shipped_models import long_profile_table, stage_records, training_curves_figure
+from labkit.shipped_models import long_profile_table, stage_records, standard_error, training_curves_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
@@ -225,9 +225,8 @@ def hasb_table(folder: str = "hasb-seeds") -> str:
     rows = seed_comparison(root)
     start = float(shipped("cifar10-resnet20")[1]["accuracy"]["2"])
     two = next(r for r in rows if r["budget"] == "uniform_bits" and r["summary"] == 2)
-    error = 100 * (start / 100 * (1 - start / 100) / 10_000) ** 0.5
     start_sentence = (f"The joint model both start from (`cifar10-resnet20`) has {start:.1f} % at 2 bits on the same "
-                      f"10,000 test images (binomial s.e. ±{error:.1f}); after SuperNet training the 2-bit accuracy is "
+                      f"10,000 test images (binomial s.e. ±{standard_error(start):.1f}); after SuperNet training the 2-bit accuracy is "
                       f"{statistics.fmean(two['a'].values()):.1f} % (HASB) and {statistics.fmean(two['b'].values()):.1f} "
                       f"% (uniform sampling), means over the seeds.")
     blocks = [seed_budget_sentence(budget_record(root)), seed_comparison_table(rows),
@@ -263,7 +262,7 @@ def hasb_section() -> list[str]:
         seed = min(budget_record(root)["seeds"])
         comparison = allocation_comparison(seed_search("hasb", seed, root=root), seed_search("uniform", seed, root=root),
                                            3.0)
-        name = folder.replace("hasb-seeds", "hasb_seeds").replace("-", "_")
+        name = folder.replace("-", "_")
         lines += [f"### `{folder}`: {what}", "", hasb_table(folder), "",
                   _figure(seed_comparison_figure(rows), name) + " (top: mean ± sd over seeds, every seed as a dot; "
                   "bottom: the paired difference with its 95 % interval) · "

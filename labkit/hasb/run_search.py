@@ -33,6 +33,11 @@ def parse_sweep(text: str) -> np.ndarray:
     return np.round(np.arange(start, stop + step / 2, step), 6)
 
 
+def pareto_file(output: str = "search") -> str:
+    """The Pareto figure's file name for the results stem ``output`` (``pareto.html`` for the default)."""
+    return "pareto.html" if output == "search" else f"{output}-pareto.html"
+
+
 def resolve_bitops_budget(budget, costs, layers) -> float | None:
     """A BitOPs bound per image: a number as given, or ``"uniform:B"`` = the BitOPs of every searched layer in
     ``layers`` at ``B`` bits (FP32 layers of ``costs`` at 32 bits, :func:`labkit.hasb.cost.total_bitops`)."""
@@ -137,5 +142,5 @@ def search_run(run_dir, avg_bits: float | None = 3.0, sweep_text: str | None = N
     evaluated = evaluate_subnets(model, records, measure, show_progress=show_progress)
     write_csv(evaluated, run_dir / f"{output}.csv")
     pareto_figure(evaluated, x="avg_bits", y="accuracy", title=f"SubNets of {run_dir.name}").write_html(
-        run_dir / ("pareto.html" if output == "search" else f"{output}-pareto.html"), include_plotlyjs=True)
+        run_dir / pareto_file(output), include_plotlyjs=True)
     return evaluated

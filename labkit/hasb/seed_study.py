@@ -35,7 +35,6 @@ BUDGETS = {"equal_avg_bits": ("search.csv", "3.00 average bits"),
            "equal_bitops": ("search-bitops.csv", "the BitOPs of uniform 3-bit")}
 #: summary key → label
 SUMMARIES = {"optimum": "ILP optimum", "mean": "mean over the SubNets", "best": "best SubNet"}
-RULES = {"hasb": "HASB", "uniform": "uniform sampling"}
 
 
 def seed_runs(rule: str, root=SEED_RESULTS) -> dict[int, Path]:
@@ -50,9 +49,13 @@ def seed_runs(rule: str, root=SEED_RESULTS) -> dict[int, Path]:
     return runs
 
 
+def _allocation_key(record) -> tuple:
+    return tuple(sorted(_allocation(record).items()))
+
+
 def subnet_summaries(records) -> dict[str, float]:
     """The ILP optimum's accuracy, the mean over the distinct SubNets and the best one (points), and the count."""
-    by_allocation = {tuple(sorted(_allocation(r).items())): float(r["accuracy"]) for r in records}
+    by_allocation = {_allocation_key(r): float(r["accuracy"]) for r in records}
     optimum = [float(r["accuracy"]) for r in records if r["kind"] == "optimum"]
     if not optimum:
         raise LabkitError("the search records hold no ILP optimum (kind 'optimum'); re-run labkit search.")
@@ -85,9 +88,7 @@ def seed_comparison(root=SEED_RESULTS, a: str = "hasb", b: str = "uniform") -> l
         values = {key: ({}, {}, {}) for key in SUMMARIES}
         for seed in seeds:
             records_a, records_b = _search(runs_a[seed], file), _search(runs_b[seed], file)
-            allocations_a = {tuple(sorted(_allocation(r).items())) for r in records_a}
-            allocations_b = {tuple(sorted(_allocation(r).items())) for r in records_b}
-            if allocations_a != allocations_b:
+            if {_allocation_key(r) for r in records_a} != {_allocation_key(r) for r in records_b}:
                 raise LabkitError(f"seed {seed}: {runs_a[seed].name}/{file} and {runs_b[seed].name}/{file} evaluated "
                                   "different allocations; search both with the same traces and budget.")
             summary_a, summary_b = subnet_summaries(records_a), subnet_summaries(records_b)
@@ -108,7 +109,7 @@ def seed_comparison(root=SEED_RESULTS, a: str = "hasb", b: str = "uniform") -> l
 
 
 def budget_record(root=SEED_RESULTS, rule: str = "hasb") -> dict:
-    """How the seeded SuperNets were made, from the first seed's run files: the command, the budget, the learning
+    """How the seeded SuperNets were made, from the first seed's run files: the budget, the learning
     rate and the scales' rule (``supernet_alrs``), hardware, wall time per SuperNet (mean over the seeds), the seeds."""
     runs = seed_runs(rule, root)
     first = runs[min(runs)]
@@ -118,7 +119,7 @@ def budget_record(root=SEED_RESULTS, rule: str = "hasb") -> dict:
     config = json.loads((first / "config.json").read_text())["config"]
     return {"budget": metrics["budget"], "hardware": metrics["hardware"], "seeds": sorted(runs),
             "lr": config["lr"], "supernet_alrs": config.get("supernet_alrs", "one_lr"),
-            "wall_time_s": statistics.fmean(wall), "argv": sessions[0][0]["argv"],
+            "wall_time_s": statistics.fmean(wall),
             "source": sorted({s["source"] for session in sessions for s in session})}
 
 

@@ -54,7 +54,7 @@ import labkit  # noqa: E402
 from foundation import interleaved_times, median_ms, paired_ratio  # noqa: E402
 from labkit.config import hardware_summary  # noqa: E402
 from labkit.models import build_model  # noqa: E402
-from labkit.quant.lsq import use_compile  # noqa: E402
+from labkit.quant.lsq import DEFAULT_PATH, use_compile, use_fake_quant_path  # noqa: E402
 
 DEFAULT_OUT = HERE / "results.json"
 REPORT = "report (no goal set)"
@@ -327,9 +327,10 @@ BIT_SETS = {1: (8,), 2: (8, 4), 3: (8, 6, 4), 4: (8, 6, 4, 2)}
 
 
 def bench_scaling(quick: bool) -> dict:
-    """One joint step as the bit set grows (ResNet-20) and as the model grows (ResNet-20 → 18 → 50), eager."""
+    """One joint step as the bit set grows (ResNet-20) and as the model grows (ResNet-20 → 18 → 50), on the default
+    fake-quant path."""
     rounds = 2 if quick else 7
-    use_compile(False)
+    use_fake_quant_path(DEFAULT_PATH)
     models = dict(SCALING_MODELS)
     if quick:
         models = {"resnet20": (32, 16, 10), "resnet18": (64, 2, 1000), "resnet50": (64, 2, 1000)}
@@ -377,10 +378,11 @@ def bench_scaling(quick: bool) -> dict:
                     "one_precision_vs_fp32": ratio(f"{arch}_q1", f"{arch}_fp32"),
                     "four_vs_one_precision": ratio(f"{arch}_q4", f"{arch}_q1"),
                     "ms": {key: ms[f"{arch}_{key}"] for key in ("fp32", "q1", "q4")}, "rounds": rounds})
-    note = ("JointTrainer.train_step (Alg. A.2: forward, backward and an Adam step per bit-width; ALRS), eager "
-            "fake-quant, random images; ImageNet models at small inputs and tiny batches to fit 2 CPU cores, where "
-            "the per-step weight fake-quant and optimizer work (∝ parameters) weigh more than at a real batch size. "
-            f"All {len(candidates)} steps run round-robin in one loop; warm-up {warm_up_s:.0f} s.")
+    note = ("JointTrainer.train_step (Alg. A.2: forward, backward and an Adam step per bit-width; ALRS), "
+            f"{DEFAULT_PATH} fake-quant path (the default), random images; ImageNet models at small inputs and tiny "
+            "batches to fit 2 CPU cores, where the per-step weight fake-quant and optimizer work (∝ parameters) weigh "
+            f"more than at a real batch size. All {len(candidates)} steps run round-robin in one loop; warm-up "
+            f"{warm_up_s:.0f} s.")
     for entry in rows.values():
         entry["detail"]["note"] = note
     rows["scaling_model_resnet20"]["detail"]["same_measurement_as"] = "scaling_bits_4"
@@ -494,6 +496,7 @@ SPEED_RUNNERS = {  # issue 11's table (speed.py), default path with the opt-in p
     "speed_joint": speed.joint_step_section,
     "speed_joint_trainer": speed.joint_trainer_section,
     "switchboard": speed.switchboard_section,
+    "switchboard_browser": speed.switchboard_browser_section,
     "speed_bf16_accuracy": speed.bf16_accuracy_section,
 }
 GROUPS = tuple(SPEED_RUNNERS) + ("fakequant", "int8_switch", "int_switch_floor", "checkpoint_size", "hessian", "search_sweep",
@@ -594,7 +597,7 @@ def main(argv=None) -> dict:
             results[name] = entry
         print(f"[{group}] {group_seconds[group]:.0f} s: "
               + ", ".join(f"{name}={_format_value(entry['value'])}" for name, entry in rows.items()), flush=True)
-    use_compile(False)
+    use_fake_quant_path(DEFAULT_PATH)
     meta = {
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "mode": "quick" if args.quick else "full",

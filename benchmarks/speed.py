@@ -8,11 +8,11 @@ Groups (each a function here returning rows in ``run.py``'s schema, ``{name: {"v
 
 - ``speed_fakequant`` (:func:`fakequant_section`): weight (256×256×3×3, per channel) and activation (per tensor,
   unsigned) fake-quant forward+backward ÷ PyTorch's learnable fused op at the same bit-width, every bit-width of
-  {8,6,4,2}, at 1 and 2 threads; the default path is the row, the opt-in ``compiled`` path and the previous
-  default ``recompute`` are beside it.
+  {8,6,4,2}, at 1 and 2 threads; the default path (``auto``: compiled kernels for training calls) is the row, the
+  ``fused``, ``recompute`` and ``compiled`` paths are beside it.
 - ``speed_joint`` (:func:`joint_step_section`): one joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, batch 128, a
   plain ``quantize_model`` + ``set_bits`` loop with Adam, at 1 and 2 threads; default fp32 path as the row, bf16
-  autocast, channels_last and the compiled fake-quant beside it, with epoch times; and FP32 images/s per path.
+  autocast, channels_last and the eager fused fake-quant beside it, with epoch times; and FP32 images/s per path.
 - ``speed_joint_trainer`` (:func:`joint_trainer_section`): the same ratio through ``JointTrainer.train_step``.
 - ``switchboard`` (:func:`switchboard_section`): ``labkit.widgets.measure_switchboard_latency`` (kernel side).
 - ``speed_bf16_accuracy`` (:func:`bf16_accuracy_section`): what bf16 autocast does to FP32 fine-tuning.
@@ -48,6 +48,8 @@ from labkit.models import build_model  # noqa: E402
 from labkit.quant import lsq  # noqa: E402
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, use_fake_quant_path  # noqa: E402
 from labkit.train.arithmetic import resolve_arithmetic  # noqa: E402
+from labkit.train.recipes import FAST_ARITHMETIC  # noqa: E402
+from labkit.train.run import FAKE_QUANT_PATHS  # noqa: E402
 
 BITS = (8, 6, 4, 2)
 HIGH = 8
@@ -150,6 +152,11 @@ def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
         tables[path] = dict(lsq._KERNELS)
     use_fake_quant_path(default)
     return tables
+
+
+def alternative_path(default: str) -> str:
+    """The path timed beside the default: the eager fused one beside a compiling default, else the compiled one."""
+    return "fused" if default in ("auto", "compiled") else "compiled"
 
 
 def on_path(table: dict, call):
@@ -272,7 +279,7 @@ def fakequant_section(quick: bool, threads=THREADS, rounds: int | None = None) -
                     "methods": "dr_w: Double Rounding (shift 8 − b), floor_w: floor from 8 bits (AdaBits/Bit-Mixer), "
                                "perbit_w: a scale of its own per bit-width, a: activation LSQ",
                     "compile_s_first_call": {k.rsplit("_t", 1)[0]: round(v, 2) for k, v in timer.first_call_s.items()
-                                             if k.startswith("compiled") and k.endswith(f"_t{t}")} or None,
+                                             if k.split("_")[0] in ("auto", "compiled") and k.endswith(f"_t{t}")} or None,
                     "compile_error": lsq.compile_error(),
                     "rounds": rounds, "load_average_start": start_load, "load_average_end": load(),
                 })
@@ -320,11 +327,13 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                        rounds: int | None = None) -> dict:
     """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, a plain quantize_model + set_bits loop with Adam; FP32
     images/s per configuration. ``fp32`` (the default: no autocast, contiguous, default fake-quant path) is the row;
-    the other configurations and the opt-in compiled fake-quant (on the fp32 configuration) are beside it."""
+    the other configurations and the other fake-quant path (:func:`alternative_path`, on the fp32 configuration) are
+    beside it."""
     start_load = load()
     default = lsq.fake_quant_path()
     batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
-    tables = capture_paths((default, "compiled"))
+    other = alternative_path(default)
+    tables = capture_paths((default, other))
     candidates = {}
     for config in configs:
         options = CONFIGS[config]
@@ -334,8 +343,8 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                 fp32, torch.optim.Adam(fp32.parameters(), 1e-4), images, labels, None, options["bf16"])))
             candidates[f"joint_{config}_t{t}"] = with_threads(t, on_path(tables[default], _train_step(
                 joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, options["bf16"])))
-            if config == "fp32" and default != "compiled":
-                candidates[f"jointcompiled_{config}_t{t}"] = with_threads(t, on_path(tables["compiled"], _train_step(
+            if config == "fp32":
+                candidates[f"jointother_{config}_t{t}"] = with_threads(t, on_path(tables[other], _train_step(
                     joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False)))
     timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
     end_load = load()
@@ -356,13 +365,12 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                 "fp32_images_per_s": round(batch / (timer.ms(b) / 1e3), 1),
                 "fp32_step_vs_default": timer.ratio(b, f"fp32_fp32_t{t}"),
                 "joint_step_vs_default": timer.ratio(a, f"joint_fp32_t{t}")}
-        compiled = f"jointcompiled_fp32_t{t}"
-        if compiled in candidates:
-            per_config["compiled fake-quant"] = {
-                "joint_vs_4x_fp32": timer.ratio(compiled, f"fp32_fp32_t{t}", len(BITS)),
-                "joint_step_ms": timer.ms(compiled), "joint_epoch_s": epoch_s(compiled),
-                "joint_step_vs_default": timer.ratio(compiled, f"joint_fp32_t{t}"),
-                "compile_s_first_call": round(timer.first_call_s[compiled], 1)}
+        beside_path = f"jointother_fp32_t{t}"
+        per_config[f"{other} fake-quant"] = {
+            "joint_vs_4x_fp32": timer.ratio(beside_path, f"fp32_fp32_t{t}", len(BITS)),
+            "joint_step_ms": timer.ms(beside_path), "joint_epoch_s": epoch_s(beside_path),
+            "joint_step_vs_default": timer.ratio(beside_path, f"joint_fp32_t{t}"),
+            "first_call_s": round(timer.first_call_s[beside_path], 1)}
         main = per_config["fp32"]
         common = {"threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
                   "epoch_is": f"{steps_per_epoch(batch)} steps of batch {batch} (CIFAR-10 train), bare steps "
@@ -425,7 +433,7 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
 def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = None) -> dict:
     """Joint {8,6,4,2} ``JointTrainer.train_step`` ÷ 4 FP32 ``train_step``, ResNet-20, as ``labkit train`` builds
     them (``training.make_trainer``: Alg. A.2 with ALRS for the joint model, Adam for FP32). The default
-    configuration and fake-quant path is the row; the opt-in compiled fake-quant is beside it."""
+    configuration and fake-quant path is the row; the other path (:func:`alternative_path`) is beside it."""
     import tempfile
 
     import training
@@ -433,22 +441,24 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
     start_load = load()
     default = lsq.fake_quant_path()
     batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
-    tables = capture_paths((default, "compiled"))
+    recipe_path = FAKE_QUANT_PATHS[FAST_ARITHMETIC["compile_quant"]]
+    paths = [default, alternative_path(default)]
+    tables = capture_paths(tuple(dict.fromkeys(paths + [recipe_path])))
     data = training.RandomImages(batch)
     images, labels, indices = data.images, data.labels, torch.arange(batch)
-    paths = [default] + (["compiled"] if default != "compiled" else [])
     with tempfile.TemporaryDirectory() as out_dir:
         trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
         trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch) for path in paths})
         # what `labkit train --recipe` runs beyond smoke (labkit.train.recipes.FAST_ARITHMETIC): bf16 autocast where
-        # the device computes bf16 natively, and the compiled fake-quant (where a compiler works)
+        # the device computes bf16 natively, and its fake-quant path (compiled training kernels where a compiler works)
         trainers.update({name: training.make_trainer(bits, out_dir, batch_size=batch, amp_bf16=None, channels_last=None)
                          for name, bits in (("fp32recipe", None), ("jointrecipe", BITS))})
         recipe_bf16 = trainers["jointrecipe"].amp_bf16
         candidates = {}
         for t in threads:
             for name, trainer in trainers.items():
-                table = tables["compiled" if name in ("jointcompiled", "jointrecipe") else default]
+                table = tables[recipe_path if name == "jointrecipe" else
+                               name[len("joint"):] if name.startswith("joint") else default]
                 candidates[f"{name}_t{t}"] = with_threads(t, on_path(table, lambda trainer=trainer: trainer.train_step(
                     images, labels, indices, epoch=0)))
         timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
@@ -478,11 +488,10 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
                     "epoch_is": f"{steps_per_epoch(batch)} steps of batch {batch}, bare steps, from the median "
                                 "step time",
                     "threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
-                    "compile_s_first_call": {k: round(v, 1) for k, v in timer.first_call_s.items()
-                                             if k.startswith("jointcompiled")},
+                    "first_call_s": {k: round(v, 1) for k, v in timer.first_call_s.items() if k.startswith("joint")},
                     "load_average_start": start_load, "load_average_end": end_load})
         recipe = timer.ratio(f"jointrecipe_t{t}", f"fp32recipe_t{t}", len(BITS))
-        arithmetic = f"{'bf16 autocast' if recipe_bf16 else 'fp32'}, compiled fake-quant"
+        arithmetic = f"{'bf16 autocast' if recipe_bf16 else 'fp32'}, {recipe_path} fake-quant"
         rows[f"joint_trainer_recipe_step_vs_4x_fp32_t{t}"] = row(
             recipe, "× (JointTrainer.train_step, joint {8,6,4,2} ÷ 4 FP32, both at the recipes' default)",
             f"≤ {JOINT_GOAL}", recipe <= JOINT_GOAL,
@@ -492,7 +501,7 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
                     f"(the TrainConfig default's joint epoch: {by_path[default]['joint_epoch_s']} s); load {start_load}",
             detail={"value_is": f"median of {rounds} per-round ratios, wall time, {ts}; the FP32 step at the same "
                                 "arithmetic (bf16 speeds it up too, so the ratio is not the speed-up)",
-                    "amp_bf16": recipe_bf16, "fake_quant": "compiled", "threads": t, "batch": batch,
+                    "amp_bf16": recipe_bf16, "fake_quant": recipe_path, "threads": t, "batch": batch,
                     "fp32_step_ms": timer.ms(f"fp32recipe_t{t}"), "joint_step_ms": timer.ms(f"jointrecipe_t{t}"),
                     "load_average_start": start_load, "load_average_end": end_load})
     return rows
@@ -560,6 +569,50 @@ def switchboard_section(quick: bool) -> dict:
                     f"{result['bytes_per_layer_move'] / 1e3:.1f} kB; load {start_load}",
             detail={"value_is": f"median over {result['per_layer_moves']} moves of (move − forward pass)", **common}),
     }
+
+
+BROWSER_NOTEBOOK = "06_deployment"  # its switchboard: the shipped ResNet-20 on 256 CIFAR-10 test images
+
+
+def switchboard_browser_section(quick: bool) -> dict:
+    """The switchboard end to end in a real browser: ``tests/test_browser.py`` runs ``notebooks/06_deployment`` in
+    JupyterLab in headless Chromium (smoke profile) and times, in the page, each key press on the precision slider
+    to the readout's and the figures' change in the DOM (``JS_ARM_LATENCY``): the checked move and the move back,
+    then more left/right pairs (``LABKIT_BROWSER_LATENCY_MOVES``). The row is the median of key → both changed."""
+    import json
+    import subprocess
+    import tempfile
+
+    start_load = load()
+    pairs = 1 if quick else 5
+    with tempfile.TemporaryDirectory() as folder:
+        record = Path(folder) / "latency.jsonl"
+        env = dict(os.environ, LABKIT_BROWSER_LATENCY_FILE=str(record), LABKIT_BROWSER_LATENCY_MOVES=str(pairs),
+                   LABKIT_PROFILE="smoke")
+        test = f"tests/test_browser.py::test_notebook_widget_in_a_real_browser[{BROWSER_NOTEBOOK}]"
+        began = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=HERE.parent,
+                              env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.perf_counter() - began
+        if done.returncode != 0 or not record.is_file():
+            at = done.stdout.find("browser test of notebooks/")
+            raise RuntimeError(f"the browser test failed (exit {done.returncode}): "
+                               f"{done.stdout[at:at + 1500] if at >= 0 else done.stdout[-1500:]}")
+        moves = [move for line in record.read_text().splitlines() for move in json.loads(line)["moves"]]
+    both = [m["both_ms"] for m in moves]
+    value = statistics.median(both)
+    return {"switchboard_browser_move_ms": row(
+        r3(value), "ms, key press → readout and figures changed in the page (median over the moves)", "≤ 150 ms",
+        value <= 150,
+        label=f"precision switchboard end to end in JupyterLab + headless Chromium, uniform move, ResNet-20, 256 "
+              f"images (notebook {BROWSER_NOTEBOOK}, smoke profile)",
+        summary=f"{len(moves)} moves: median {value:.0f} ms, max {max(both):.0f} ms; readout alone median "
+                f"{statistics.median(m['readout_ms'] for m in moves):.0f} ms, figures "
+                f"{statistics.median(m['figure_ms'] for m in moves):.0f} ms; load {start_load}",
+        detail={"value_is": "median over the moves of (the later of the readout's and the figures' first DOM change "
+                            "− the keydown), performance.now() in the page; the browser's paint after it is not in it",
+                "moves": moves, "test": test, "test_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+                "load_average_start": start_load, "load_average_end": load()})}
 
 
 # ------------------------------------------------------------------------------------------- bf16 accuracy

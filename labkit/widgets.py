@@ -1,6 +1,7 @@
 """Interactive widgets for the notebooks: thin ipywidgets wrappers over plain callbacks that tests call directly."""
 from __future__ import annotations
 
+import contextlib
 import html
 
 import ipywidgets as widgets
@@ -526,12 +527,15 @@ class PrecisionSwitchboard(widgets.VBox):
             return
         if change["new"] == MIXED:  # only there while mixed: nothing to change
             return
-        self._updating = True
-        try:
-            self._set_all_layers(change["new"])  # one bit-width for the whole model
-        finally:
-            self._updating = False
-        self.redraw()
+        with contextlib.ExitStack() as held:  # the 18-odd selector messages go after the readout's and figures'
+            for selector in self.layer_selectors.values():
+                held.enter_context(selector.hold_sync())
+            self._updating = True
+            try:
+                self._set_all_layers(change["new"])  # one bit-width for the whole model
+            finally:
+                self._updating = False
+            self.redraw()
 
     def _on_control_change(self, change) -> None:
         if not self._updating:
@@ -624,7 +628,7 @@ class PrecisionSwitchboard(widgets.VBox):
         changed properties (none when nothing changed), ipywidgets one per control whose value changed.
         """
         self.state = self._current_state()
-        self._show_controls(self.state)
+        self.readout.value = self._readout(self.state)  # first: the browser applies the messages in order
         texts, colors = prediction_labels(self.state)
         with self.predictions_figure.batch_update():
             for annotation, text, color in zip(self.predictions_figure.layout.annotations, texts, colors):
@@ -652,7 +656,7 @@ class PrecisionSwitchboard(widgets.VBox):
             layout.yaxis.title.text = bars["yaxis_title"]
             layout.yaxis.showticklabels = bars["yaxis_showticklabels"]
             layout.annotations[0].text, layout.annotations[0].visible = bars["note"], bool(bars["note"])
-        self.readout.value = self._readout(self.state)
+        self._show_controls(self.state)
         return self.state
 
 

@@ -6,7 +6,9 @@ setup leaks in) on a temporary copy of ``notebooks/``, opens the notebook in hea
 Playwright for Python, runs all cells, then moves the widget's slider with the keyboard and checks that the
 readout text and the figure both change, that the key's direction shows in the bit-width read out (the lowest
 precision is on the left: ArrowLeft lowers it, ArrowRight raises it) and that the key back returns the slider to
-where it was. Other sliders of a notebook (:data:`OTHER_SLIDERS`) are moved the same way.
+where it was. Other sliders of a notebook (:data:`OTHER_SLIDERS`) are moved the same way. The time from each key
+press to the readout's and the figures' change is measured in the page (:data:`JS_ARM_LATENCY`), printed and, with
+``LABKIT_BROWSER_LATENCY_FILE`` set, written for ``benchmarks/run.py``'s ``switchboard_browser`` group.
 
 The widgets carry stable CSS hooks (``labkit/widgets.py``): ``labkit-precision-slider`` on the slider,
 ``labkit-readout`` on the HTML readout and ``labkit-figure`` on the plotly ``FigureWidget``.
@@ -307,6 +309,41 @@ JS_FIGURE_SIGNATURE = """(el, selector) => JSON.stringify(Array.from(el.querySel
   Array.from(fig.querySelectorAll('svg text')).map(t => t.textContent),
 ]))"""
 
+# Issue 11's end-to-end switchboard latency, in the page: from the key's keydown (capture phase) to the first DOM
+# change of the readout's text and of the figures' signature (JS_FIGURE_SIGNATURE), each by performance.now(). Armed
+# before a key press, read after the test saw both change.
+JS_ARM_LATENCY = """(el, [readoutSelector, figureSelector]) => {
+  const readout = el.querySelector(readoutSelector);
+  const signature = () => JSON.stringify(Array.from(el.querySelectorAll(figureSelector)).map(fig => [
+    Array.from(fig.querySelectorAll('svg path')).map(p => p.getAttribute('d') || ''),
+    Array.from(fig.querySelectorAll('svg text')).map(t => t.textContent),
+  ]));
+  const state = {key: null, readout: null, figure: null, text: readout.innerText, signature: signature()};
+  window.__labkitLatency = state;
+  document.addEventListener('keydown', () => { if (state.key === null) state.key = performance.now(); },
+                            {capture: true, once: true});
+  const observer = new MutationObserver(() => {
+    const now = performance.now();
+    if (state.readout === null && readout.innerText !== state.text) state.readout = now;
+    if (state.figure === null && signature() !== state.signature) state.figure = now;
+    if (state.readout !== null && state.figure !== null) observer.disconnect();
+  });
+  observer.observe(el, {subtree: true, childList: true, attributes: true, characterData: true});
+}"""
+
+JS_READ_LATENCY = """() => {
+  const s = window.__labkitLatency;
+  if (!s || s.key === null || s.readout === null || s.figure === null) return null;
+  return {readout_ms: s.readout - s.key, figure_ms: s.figure - s.key,
+          both_ms: Math.max(s.readout, s.figure) - s.key};
+}"""
+
+# Where the end-to-end latencies of the slider moves go, one JSON line per notebook (benchmarks/run.py's
+# switchboard_browser group sets it); they are printed with the test's summary line in any case.
+LATENCY_FILE = os.environ.get("LABKIT_BROWSER_LATENCY_FILE")
+# More timed left/right pairs of the first slider after the checked moves (the benchmark asks for some; tests: none).
+LATENCY_REPEATS = int(os.environ.get("LABKIT_BROWSER_LATENCY_MOVES", "0"))
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -353,6 +390,14 @@ def _move_by_keyboard(page, slider: str, readout_selector: str, pattern: str) ->
                              "left must be the lower precision")
 
 
+def _read_latency(page) -> dict:
+    """The armed move's key → readout / figures times once both changed ({} if they did not within the limit)."""
+    deadline = time.monotonic() + FIGURE_CHANGE_S
+    while page.evaluate(JS_READ_LATENCY) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return page.evaluate(JS_READ_LATENCY) or {}
+
+
 def _screenshot(page, name: str, record_property) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -362,10 +407,12 @@ def _screenshot(page, name: str, record_property) -> Path:
 
 
 def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, record_property,
-                         shots: list[Path]) -> tuple[str, str]:
+                         shots: list[Path], latencies: list[dict] | None = None) -> tuple[str, str]:
     """Move the first precision slider of the page by keyboard: its readout and its figures must change, the key's
     direction must show in the bits read out, the key back must return it; then :data:`OTHER_SLIDERS`. Returns the
-    readout before and after the first move; screenshots go to ``shots``."""
+    readout before and after the first move; screenshots go to ``shots``, the key → readout and figures times of
+    the move and of the move back (:data:`JS_ARM_LATENCY`) to ``latencies``."""
+    latencies = [] if latencies is None else latencies
     from playwright.sync_api import expect
 
     # The first output area holding the slider; the readout and the figures (all of them: the change may
@@ -392,6 +439,7 @@ def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, recor
     position = handle.get_attribute("aria-valuenow")
     key = "ArrowLeft" if float(position) > float(handle.get_attribute("aria-valuemin")) else "ArrowRight"
     handle.focus()
+    output.evaluate(JS_ARM_LATENCY, [READOUT, FIGURE])
     handle.press(key)
     expect(handle).not_to_have_attribute("aria-valuenow", position, timeout=5_000)
     moved_to = handle.get_attribute("aria-valuenow")
@@ -408,6 +456,7 @@ def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, recor
     if after_figure == before_figure:
         raise AssertionError(f"the readout changed but the figure did not within {FIGURE_CHANGE_S}s "
                              "of the slider move")
+    latencies.append({"move": f"{position} → {moved_to}", **(page.evaluate(JS_READ_LATENCY) or {})})
     if readout_pattern and not re.search(readout_pattern, after_text):
         raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
     output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot
@@ -422,10 +471,18 @@ def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, recor
             raise AssertionError(f"{key} moved the bit-width from {before_bits} to {after_bits}: the slider "
                                  "must run from the lowest precision (left) to the highest (right)")
         back = "ArrowLeft" if key == "ArrowRight" else "ArrowRight"
+        output.evaluate(JS_ARM_LATENCY, [READOUT, FIGURE])
         handle.press(back)
         expect(handle).to_have_attribute("aria-valuenow", position, timeout=5_000)
         expect(readout).to_have_text(re.compile(bits_pattern.replace(r"(\d+)", str(before_bits))),
                                      use_inner_text=True, timeout=READOUT_CHANGE_S * 1000)
+        latencies.append({"move": f"{moved_to} → {position}", **_read_latency(page)})
+        for _ in range(LATENCY_REPEATS):
+            for press, was, expected in ((key, position, moved_to), (back, moved_to, position)):
+                output.evaluate(JS_ARM_LATENCY, [READOUT, FIGURE])
+                handle.press(press)
+                expect(handle).to_have_attribute("aria-valuenow", expected, timeout=5_000)
+                latencies.append({"move": f"{was} → {expected}", **_read_latency(page)})
 
     for slider, other_readout, pattern in OTHER_SLIDERS.get(notebook, []):
         _move_by_keyboard(page, slider, other_readout, pattern)
@@ -451,6 +508,7 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
     page_errors: list[str] = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     shots: list[Path] = []
+    latencies: list[dict] = []
     started = time.monotonic()
     try:
         try:
@@ -468,7 +526,7 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
             _wait_for_idle_kernel(page, KERNEL_IDLE_S, "after Run All Cells")
 
             before_text, after_text = _drive_switch_widget(page, notebook, readout_pattern, record_property,
-                                                           shots)
+                                                           shots, latencies)
         except (AssertionError, PlaywrightError) as exc:
             failure = f"{type(exc).__name__}: {exc}"
             try:
@@ -489,9 +547,18 @@ def test_notebook_widget_in_a_real_browser(notebook, browser, lab_server, record
         details.append("jupyter lab log (tail):\n" + lab_server.log_tail())
         pytest.fail("\n".join(details), pytrace=False)
 
+    for entry in latencies:  # the DOM did change (asserted above), so each move has its times
+        assert {"readout_ms", "figure_ms", "both_ms"} <= set(entry), entry
+    record_property("switchboard_latency_ms", json.dumps(latencies))
+    if LATENCY_FILE:
+        with open(LATENCY_FILE, "a") as stream:
+            stream.write(json.dumps({"notebook": notebook, "moves": latencies,
+                                     "profile": os.environ.get("LABKIT_PROFILE", "")}) + "\n")
     with capsys.disabled():
         print(f"\n[browser] {notebook}: readout {before_text!r} -> {after_text!r} "
-              f"({time.monotonic() - started:.1f}s); screenshots: " + ", ".join(str(s) for s in shots))
+              f"({time.monotonic() - started:.1f}s); key → readout and figures: "
+              + ", ".join(f"{m['move']} {m['both_ms']:.0f} ms" for m in latencies)
+              + "; screenshots: " + ", ".join(str(s) for s in shots))
 
 
 

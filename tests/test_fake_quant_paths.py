@@ -1,12 +1,13 @@
 """The fake-quant paths against each other, bit for bit (issue 11 item 1).
 
-``"fused"`` (the default: the forward also computes the scale-gradient residual and the mask) must give the
-same output and the same gradients, to the last bit (zero signs included), as ``"recompute"`` (the previous
-default, whose backward recomputes the codes from ``x``; it is what the reference tests in
-``test_lsq_reference.py`` and ``test_fair_baselines.py`` were written against, and they run on both paths) and as
-``"compiled"``. Inputs are built to hit every boundary: exact ties of the first rounding and of the second, codes
+``"fused"`` (eager: the forward also computes the scale-gradient residual and the mask) must give the same output and
+the same gradients, to the last bit (zero signs included), as ``"recompute"`` (whose backward recomputes the codes
+from ``x``; it is what the reference tests in ``test_lsq_reference.py`` and ``test_fair_baselines.py`` were written
+against, and they run on every path), as ``"compiled"`` and as the default ``"auto"`` (compiled kernels for training
+calls, the eager fused forward for evaluation). Inputs are built to hit every boundary: exact ties of the first rounding and of the second, codes
 at and beyond the INT-h and l-bit bounds, far outliers, zeros of both signs and infinities.
 """
+import os
 import warnings
 
 import pytest
@@ -20,7 +21,7 @@ from labkit.quant.rounding import ROUNDING_RULES, shift_round_float
 @pytest.fixture(autouse=True)
 def default_path_after():
     yield
-    use_fake_quant_path("fused")
+    use_fake_quant_path(lsq.DEFAULT_PATH)
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:
@@ -197,8 +198,10 @@ def test_double_backward_is_the_recompute_paths():
         (hv,) = torch.autograd.grad((grad_w * probe).sum(), weight)
         return grad_w.detach(), hv
 
-    for a, b in zip(hessian_vector("fused"), hessian_vector("recompute")):
-        assert_same_bits(a, b, "double backward")
+    expected = hessian_vector("recompute")
+    for path in ("fused", "auto", "compiled"):
+        for a, b in zip(hessian_vector(path), expected):
+            assert_same_bits(a, b, f"double backward, {path}")
 
 
 def test_code_bounds_match_clipping_after_the_second_rounding():
@@ -296,3 +299,68 @@ def test_activation_first_use_check_follows_the_buffer():
     fresh.load_state_dict(quantizer.state_dict())
     fresh(x, 8)
     assert float(fresh.scale["8"]) == pytest.approx(first * 10, rel=1e-6) and fresh.is_initialized(8)
+
+
+def test_default_path_compiles_training_calls_only(monkeypatch):
+    """The default "auto" path (issue 11: fast without asking) runs a call that wants gradients on the compiled kernels
+    and an evaluation call (no_grad) on the eager fused forward; both give the fused path's bits."""
+    assert lsq.DEFAULT_PATH == "auto" and fake_quant_path() == "auto" and lsq.training_path() == "compiled"
+    calls = []
+    for name in ("forward", "backward"):
+        kernel = lsq._COMPILED[name]
+        monkeypatch.setitem(lsq._COMPILED, name, lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
+    scale = torch.rand(8, generator=torch.Generator().manual_seed(5)).add(0.5).mul(0.01).view(-1, 1, 1, 1)
+    x = boundary_values(scale, (8, 4, 3, 3), 2, seed=5)
+    grad = upstream_gradient((8, 4, 3, 3), 5)
+    expected = run("fused", x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    got = run("auto", x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    assert calls == ["forward", "backward"]
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), got, expected):
+        assert_same_bits(a, b, f"auto {name}")
+    with torch.no_grad():
+        evaluated = fake_quantize(x, scale, -32, 31, shift=2)
+    assert calls == ["forward", "backward"]  # evaluation stayed eager
+    assert_same_bits(evaluated, expected[0], "auto no_grad output")
+
+
+@pytest.mark.parametrize("setting,path", [("0", "fused"), ("1", "compiled"), ("", "auto")])
+def test_labkit_compile_environment_variable_sets_the_default(setting, path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LABKIT_COMPILE=setting)
+    out = subprocess.run([sys.executable, "-c", "from labkit.quant import lsq; print(lsq.fake_quant_path())"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert out == path
+
+
+@pytest.mark.parametrize("path", ["compiled", "auto"])
+def test_compiled_kernels_take_bf16_inputs_with_the_fused_paths_bits(path):
+    """Under autocast the activations arrive in bf16: the compiled kernels quantize them in fp32 inside the kernel
+    (no cast passes around it) and give the fused path's bf16 output and gradients bit for bit."""
+    for shape, scale, shift, low, high in (((8, 3, 3, 3), torch.rand(8).add(0.5).mul(0.006).view(-1, 1, 1, 1), 4,
+                                            -8, 7),
+                                           ((4, 6, 5, 5), torch.tensor(0.0213), 0, 0, 255)):
+        x = boundary_values(scale, shape, shift, seed=21, dtype=torch.bfloat16)
+        if scale.dim() == 0:
+            x = x.abs()
+        grad = upstream_gradient(shape, 21).to(torch.bfloat16)
+        fused = run("fused", x, scale, low, high, shift, "half_even", 0.0, grad)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            compiled = run(path, x, scale, low, high, shift, "half_even", 0.0, grad)
+        assert compiled[0].dtype == torch.bfloat16 and compiled[1].dtype == torch.bfloat16
+        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+            assert_same_bits(a, b, f"{path} bf16 {name}, shift {shift}")
+
+
+def test_a_bad_input_raises_its_own_error_and_keeps_the_compiled_path():
+    """A shape that does not broadcast is the caller's mistake, not a missing compiler: the eager error comes back
+    and the compiled path stays on, with no fallback warning."""
+    use_fake_quant_path("compiled")
+    weight = torch.randn(6, 4, 3, 3, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeError, match="must match the size"):
+            fake_quantize(weight, torch.full((4, 1, 1, 1), 0.01), -128, 127)
+    assert fake_quant_path() == "compiled" and lsq.compile_error() is None

@@ -16,14 +16,15 @@ import torch
 
 from labkit.quant import ActivationQuantizer, DoubleRoundingWeightQuantizer, LsqWeightQuantizer
 
-@pytest.fixture(autouse=True, params=["fused", "recompute"])
+@pytest.fixture(autouse=True, params=["auto", "fused", "recompute"])
 def fake_quant_path(request):
-    """Every reference test runs on the default fused fake-quant path and on the recompute path (issue 11)."""
-    from labkit.quant.lsq import use_fake_quant_path
+    """Every reference test runs on the default path ("auto": the compiled kernels for training calls where a compiler
+    works), on the eager fused path and on the recompute path (issue 11)."""
+    from labkit.quant.lsq import DEFAULT_PATH, use_fake_quant_path
 
     use_fake_quant_path(request.param)
     yield request.param
-    use_fake_quant_path("fused")
+    use_fake_quant_path(DEFAULT_PATH)
 
 
 CONV_SHAPE = (12, 5, 3, 3)

@@ -16,12 +16,15 @@ backward (Eq. 13–14, clipped straight-through estimator):
 - the scale gradient is summed to the scale's shape (per channel or per tensor) and multiplied by the
   LSQ gradient scale ``g`` (:func:`lsq_grad_scale`).
 
-Three paths compute the same values bit for bit (:func:`use_fake_quant_path`): ``"fused"`` (the default) computes
-the output, the scale-gradient residual and the mask in one forward, so the backward is two elementwise passes and
-the reduction (with one CPU thread 0.1–0.5× the time of PyTorch's learnable fused fake-quant ops; with two threads
-on a loaded machine its dozen short ops each wait for both threads: ``benchmarks/speed_results.md``); ``"recompute"`` (the previous default) saves only ``x`` and recomputes the codes
-in the backward (less memory); ``"compiled"`` (opt-in, :func:`use_compile`) runs the recompute formulas as
-``torch.compile`` kernels and falls back to ``"fused"`` with one warning line where no compiler works.
+Four paths compute the same values bit for bit (:func:`use_fake_quant_path`). ``"auto"`` (the default) runs a
+training call (gradients wanted) on the ``"compiled"`` kernels where a compiler works and everything else (evaluation,
+``no_grad``) on the eager ``"fused"`` forward; where no compiler works, the first training call says so in one warning
+line and ``"fused"`` takes over. ``"fused"`` computes the output, the scale-gradient residual and the mask in one
+forward, so the backward is two elementwise passes and the reduction; ``"recompute"`` saves only ``x`` and recomputes
+the codes in the backward (less memory); ``"compiled"`` runs the recompute formulas as ``torch.compile`` kernels, for
+every call, and takes a bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
+``benchmarks/README.md`` (group ``speed_fakequant``) times every path against PyTorch's learnable fused ops.
+``LABKIT_COMPILE=0`` in the environment makes ``"fused"`` the default, ``LABKIT_COMPILE=1`` ``"compiled"``.
 
 ``grad_mode="reference"`` reproduces the authors' training code instead (METHOD.md §3 [ref-code]):
 ``v_l = x / (s · 2^Δ)`` with a single rounding in the gradient, no 2^Δ chain factor, and the scale
@@ -30,6 +33,7 @@ gradient summed over the whole tensor, so per-channel scales move in lock-step.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import warnings
@@ -214,20 +218,40 @@ class _FusedFakeQuantize(torch.autograd.Function):
         return grad_x, grad_scale, None, None, None, None, None, None
 
 
-PATHS = ("fused", "recompute", "compiled")
-"""Fake-quant paths: ``"fused"`` (default, eager), ``"recompute"`` (eager, the backward recomputes the codes from
-``x``; the previous default), ``"compiled"`` (the recompute kernels fused by ``torch.compile``, opt-in)."""
+PATHS = ("auto", "fused", "recompute", "compiled")
+"""Fake-quant paths: ``"auto"`` (the default: compiled kernels for training calls where a compiler works, the eager
+fused forward otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the codes from ``x``),
+``"compiled"`` (the recompute kernels fused by ``torch.compile``, for every call)."""
 
-_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel, "path": "fused"}
+DEFAULT_PATH = {"0": "fused", "1": "compiled"}.get(os.environ.get("LABKIT_COMPILE", "").strip(), "auto")
+"""The path at import: ``"auto"``, or what ``LABKIT_COMPILE`` (0 / 1) asks for."""
+
+_KERNELS: dict[str, object] = {}
 _COMPILED: dict[str, object] = {}
 _COMPILE_FAILURE: dict[str, str | None] = {"error": None}
 
 
 def use_fake_quant_path(path: str) -> None:
     """Choose how :func:`fake_quantize` runs (:data:`PATHS`); every path gives the same values bit for bit."""
+    from labkit.quant.rounding import use_fused_double_round
+
     if path not in PATHS:
         raise ValueError(f"path={path!r} is unknown; use one of {list(PATHS)}.")
-    use_compile(path == "compiled")
+    if path in ("auto", "compiled"):  # asked for again after a fallback: try the compiler again
+        _COMPILE_FAILURE["error"] = None
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        if not _COMPILED:
+            # inductor's C++ toolchain check logs a CUDA_HOME warning on machines without CUDA (noise in a notebook)
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
+            # (kernel, dtype, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale), not per shape
+            # and bit. Nothing compiles until the first call.
+            _COMPILED.update({name: torch.compile(kernel, dynamic=True) for name, kernel in
+                              (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
+        _KERNELS.update(forward=_compiled_forward, backward=_compiled_backward)
+    else:
+        _KERNELS.update(forward=_eager_forward, backward=_eager_backward)
+    use_fused_double_round(path == "compiled")
     _KERNELS["path"] = path
 
 
@@ -237,31 +261,25 @@ def fake_quant_path() -> str:
 
 
 def use_compile(enabled: bool = True) -> None:
-    """Run the fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels (opt-in).
+    """Run every fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels.
 
     Compiling costs seconds on first use per kernel variant (not per shape or bit-width: the kernels are
-    shape-generic), then runs the op in one fused loop;
-    ``LABKIT_COMPILE=1`` in the environment turns it on at import. Results are the same bit for bit (the
-    reduction of the scale gradient stays eager). Where no compiler works, the first call says so in one
-    warning line and the eager fused path takes over. ``use_compile(False)`` returns to the fused eager default.
+    shape-generic; inductor's disk cache makes later processes faster), then runs the op in one fused loop. Results
+    are the same bit for bit (the reduction of the scale gradient stays eager). Where no compiler works, the first
+    call says so in one warning line and the eager fused path takes over. ``use_compile(False)`` selects the eager
+    fused path; ``use_fake_quant_path("auto")`` returns to the default.
     """
-    from labkit.quant.rounding import use_fused_double_round
-
-    use_fused_double_round(enabled)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    if enabled and not _COMPILED:
-        # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
-        # (kernel, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale), not per shape and bit.
-        _COMPILED.update({name: torch.compile(kernel, dynamic=True) for name, kernel in
-                          (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
-    if enabled:
-        _KERNELS.update(forward=_compiled_forward, backward=_compiled_backward, path="compiled")
-    else:
-        _KERNELS.update(forward=_forward_kernel, backward=_backward_kernel, path="fused")
+    use_fake_quant_path("compiled" if enabled else "fused")
 
 
 def compile_enabled() -> bool:
-    return _KERNELS["path"] == "compiled"
+    """Whether training calls run the compiled kernels (path ``"compiled"``, or ``"auto"`` before any fallback)."""
+    return _KERNELS["path"] in ("auto", "compiled")
+
+
+def training_path() -> str:
+    """The path a training call (gradients wanted) runs on now: ``"auto"`` resolves to ``"compiled"``."""
+    return "compiled" if _KERNELS["path"] == "auto" else _KERNELS["path"]
 
 
 def compile_error() -> str | None:
@@ -291,17 +309,21 @@ def _round_scaled(scaled: torch.Tensor, rounding: str) -> torch.Tensor:
 
 
 def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool):
-    """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``."""
-    first = torch.round(x * scale.reciprocal())
+    """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``.
+
+    A bf16/fp16 ``x`` is quantized in the scale's precision and the result returned in ``x``'s dtype, as on the fused
+    path: the casts are fused into the kernel instead of two passes around it."""
+    first = torch.round(x.to(scale.dtype) * scale.reciprocal())
     codes = torch.clamp(_round_scaled(first * settings[2], rounding) if shifted else first, settings[0], settings[1])
     if centred:
         codes = codes + settings[6]
-    return codes * (scale * settings[3])
+    return (codes * (scale * settings[3])).to(x.dtype)
 
 
 def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
-    """:func:`_backward_kernel` up to the reduction: (grad_x, per-element scale gradient), for ``torch.compile``."""
-    v = x * scale.reciprocal()
+    """:func:`_backward_kernel` up to the reduction: (grad_x in ``x``'s dtype, per-element scale gradient in the
+    scale's), for ``torch.compile``."""
+    v = x.to(scale.dtype) * scale.reciprocal()
     first = torch.round(v)
     unclipped = _round_scaled(first * settings[2], rounding) if shifted else first
     codes = torch.clamp(unclipped, settings[0], settings[1])
@@ -310,7 +332,23 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
         outside = outside | (first < settings[4]) | (first > settings[5])
     if centred:
         codes = codes + settings[6]
-    return grad.masked_fill(outside, 0.0), (codes * settings[3] - v.masked_fill(outside, 0.0)) * grad
+    return grad.masked_fill(outside, 0.0), (codes * settings[3] - v.masked_fill(outside, 0.0)) * grad.to(scale.dtype)
+
+
+def _eager_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
+    """:func:`_forward_kernel` for any ``x`` dtype the compiled kernels take (a bf16 ``x`` is quantized in fp32)."""
+    if x.dtype == scale.dtype:
+        return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
+    return _forward_kernel(x.to(scale.dtype), scale, qmin, qmax, shift, rounding, offset).to(x.dtype)
+
+
+def _eager_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
+    """:func:`_backward_kernel` for any ``x`` dtype the compiled kernels take (grad_x back in ``x``'s dtype)."""
+    if x.dtype == scale.dtype:
+        return _backward_kernel(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset)
+    grad_x, grad_scale = _backward_kernel(grad.to(scale.dtype), x.to(scale.dtype), scale, qmin, qmax, shift,
+                                          rounding, grad_factor, offset)
+    return grad_x.to(x.dtype), grad_scale
 
 
 def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
@@ -328,21 +366,26 @@ def _compile_failed(error: Exception) -> None:
     """Say once, in one line, that the compiled kernels do not run here; continue on the eager fused path."""
     message = str(error).strip().splitlines()
     _COMPILE_FAILURE["error"] = f"{type(error).__name__}: {message[0] if message else ''}"[:300]
-    use_compile(False)
+    use_fake_quant_path("fused")
     warnings.warn(f"labkit.quant: torch.compile is unavailable here ({_COMPILE_FAILURE['error']}); fake-quant runs "
                   "on the eager fused path (same results).", RuntimeWarning, stacklevel=3)
 
 
 def _run(kernel: str, *args):
-    """Call the installed forward/backward kernel; a compiled one that fails falls back to eager for good."""
+    """Call the installed forward/backward kernel; a compiled one that fails falls back to eager for good.
+
+    The eager kernel runs first on the same arguments: where it fails too, the input is at fault (a shape that does not
+    broadcast, ...), so its own error is raised and the compiled path stays."""
     function = _KERNELS[kernel]
-    if _KERNELS["path"] != "compiled":
+    if function not in (_compiled_forward, _compiled_backward):
         return function(*args)
     try:
         return function(*args)
-    except Exception as error:  # no working compiler (no C++ toolchain, unsupported platform, ...)
-        _compile_failed(error)
-        return (_forward_kernel if kernel == "forward" else _backward_kernel)(*args)
+    except Exception as error:  # no working compiler (no C++ toolchain, unsupported platform, ...), or a bad input
+        failure = error
+    result = (_eager_forward if kernel == "forward" else _eager_backward)(*args)
+    _compile_failed(failure)
+    return result
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -395,11 +438,17 @@ def fake_quantize(
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode={grad_mode!r} is unknown; use one of {list(GRAD_MODES)}.")
     offset = float(offset)
-    if _KERNELS["path"] == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
-        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+    path = _KERNELS["path"]
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)
+    if path == "auto":  # training calls compiled, the rest (evaluation, no_grad) on the eager fused forward
+        path = "compiled" if wants_grad else "fused"
+    if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
+        if wants_grad:
             return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)
         return _fused_forward(x, scale, qmin, qmax, shift, rounding, offset, False)
-    if x.dtype in (torch.bfloat16, torch.float16):  # under autocast: quantize in fp32 (bf16 cannot hold v exactly)
+    if x.dtype in (torch.bfloat16, torch.float16) and not (path == "compiled" and grad_mode == "lsq"
+                                                           and _fused_dtypes(x, scale)):
+        # under autocast: quantize in fp32 (bf16 cannot hold v exactly); the compiled kernels cast inside
         return _FakeQuantize.apply(x.float(), scale.float(), qmin, qmax, shift, rounding, grad_factor, grad_mode,
                                    offset).to(x.dtype)
     return _FakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset)
@@ -412,5 +461,4 @@ def quantize_codes(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -
         return torch.round(x * scale.reciprocal()).clamp_(qmin, qmax).to(dtype)
 
 
-if os.environ.get("LABKIT_COMPILE", "") == "1":
-    use_compile(True)
+use_fake_quant_path(DEFAULT_PATH)

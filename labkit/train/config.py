@@ -61,8 +61,9 @@ class TrainConfig:
     amp_bf16: bool | None = False         # bf16 autocast; None: where the device has native bf16
                                           # (labkit.train.arithmetic), off elsewhere
     channels_last: bool | None = False    # None: off (labkit.train.arithmetic)
-    compile_quant: bool | None = False    # torch.compile-fused fake-quant kernels (the same bits, labkit.quant.lsq);
-                                          # None: where a compiler works, eager with one warning line elsewhere
+    compile_quant: bool | None = None     # None: the library default (labkit.quant.lsq "auto": torch.compile kernels for
+                                          # training passes where a compiler works, eager with one warning line
+                                          # elsewhere); True: compiled for every call; False: eager fused (same bits)
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
     supernet: str = "none"                # none | hasb (Hessian-aware roulette, Alg. 1) | uniform (no Hessian)

@@ -140,12 +140,18 @@ RECIPES["cifar10-resnet20-uniform"] = {
 #: intervals, none resolved); a joint epoch took 641 s instead of 1371 s side by side (benchmarks/results.json,
 #: 1 thread). The smoke profile keeps fp32, so CI's seeded results
 #: are the same on every CPU; the reproduction suite pins fp32 too (labkit.reproduction.SUITE_BUDGET).
-#: ``compile_quant=None``: the fake-quant forward and backward run as torch.compile kernels where a compiler works
-#: (labkit.quant.lsq.use_compile; the same bits as the eager fused path, tests/test_fake_quant_paths.py), after a
-#: warm-up of about 10 s per process; where none works, one warning line and the eager path. Through JointTrainer
-#: it took the joint {8,6,4,2} step from 1.24 to 1.13 × four FP32 steps (1 thread, benchmarks/results.json). The
-#: smoke profile stays eager, so CI pays no compile warm-up.
+#: ``compile_quant=None`` (TrainConfig's default, the library's "auto" path): the fake-quant forward and backward of
+#: the training passes run as torch.compile kernels where a compiler works (labkit.quant.lsq; the same bits as the
+#: eager fused path, tests/test_fake_quant_paths.py), after a warm-up of a few seconds per process; where none works,
+#: one warning line and the eager path. Through JointTrainer it took the joint {8,6,4,2} step from 1.24 to 1.16 ×
+#: four FP32 steps (1 thread, quiet machine, benchmarks/results.json).
 FAST_ARITHMETIC = {"amp_bf16": None, "channels_last": None, "compile_quant": None}
+
+#: The smoke profile: fp32 and the eager fused fake-quant. Its runs last seconds, so the compile warm-up costs more
+#: than it saves: `labkit train --recipe cifar10-resnet20 --profile smoke` took 26.3 and 28.3 s eager against 32.4 and
+#: 28.6 s with compile_quant=none (warm inductor cache; 2 threads, AMD EPYC, 2026-12-01), with the same metrics; and
+#: fp32 keeps CI's seeded results the same on every CPU.
+SMOKE_ARITHMETIC = {"amp_bf16": False, "channels_last": False, "compile_quant": False}
 
 
 def list_recipes() -> list[str]:
@@ -163,8 +169,8 @@ def recipe_config(name: str, profile: str = "laptop", overrides: dict | None = N
         with_long = ", ".join(n for n in list_recipes() if "long" in RECIPES[n]["profiles"])
         raise ConfigError(f"recipe {name!r} has no 'long' profile (only {with_long} do); use smoke, laptop or paper")
     data = dict(recipe["base"], recipe=name)
-    if profile != "smoke":  # the fast arithmetic where the device has it (FAST_ARITHMETIC); smoke stays bit-stable
-        data.update(FAST_ARITHMETIC)
+    # the fast arithmetic where the device has it (FAST_ARITHMETIC); smoke stays bit-stable and eager
+    data.update(SMOKE_ARITHMETIC if profile == "smoke" else FAST_ARITHMETIC)
     data.update(recipe["profiles"].get(profile, {}))
     config = TrainConfig.from_dict(data)
     return config.with_overrides(overrides) if overrides else config

@@ -23,7 +23,7 @@ from labkit.convert import quantize_model
 from labkit.errors import LabkitError
 from labkit.models import build_model
 from labkit.models.imagenet import load_state_dict_file
-from labkit.quant.lsq import fake_quant_path
+from labkit.quant.lsq import compile_error, fake_quant_path, training_path, use_fake_quant_path
 from labkit.storage import save_int
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, barrier, setup
@@ -210,9 +210,27 @@ def _write_json(path: Path, payload: dict) -> None:
     temporary.replace(path)
 
 
+#: ``TrainConfig.compile_quant`` → fake-quant path (labkit.quant.lsq.PATHS): None is the library's default ("auto":
+#: torch.compile kernels for the training passes where a compiler works), True compiles every call, False stays eager.
+FAKE_QUANT_PATHS = {None: "auto", True: "compiled", False: "fused"}
+
+
 def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = False, profile: str | None = None,
           data_root=None, show_progress: bool = True) -> dict:
-    """Run (or resume) recipe ``recipe`` into ``out_dir``; return the metrics written to ``metrics.json``."""
+    """Run (or resume) recipe ``recipe`` into ``out_dir``; return the metrics written to ``metrics.json``.
+
+    The run's fake-quant path (``compile_quant``) holds for the run only: the caller's path is back afterwards (unless
+    the compiler failed, which leaves the eager path that took over)."""
+    previous = fake_quant_path()
+    try:
+        return _train(recipe, out_dir, overrides, resume, profile, data_root, show_progress)
+    finally:
+        if compile_error() is None:
+            use_fake_quant_path(previous)
+
+
+def _train(recipe: str, out_dir, overrides: dict | None, resume: bool, profile: str | None, data_root,
+           show_progress: bool) -> dict:
     out_dir = Path(out_dir)
     profile = profile or lab_config.profile()
     config_file = out_dir / "config.json"
@@ -238,10 +256,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
     group = setup(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    if config.compile_quant is not False:  # True, or None (auto): compiled where a compiler works, else eager
-        from labkit.quant.lsq import use_compile
-
-        use_compile(True)
+    use_fake_quant_path(FAKE_QUANT_PATHS[config.compile_quant])  # for this run; train() restores the caller's
     torch.manual_seed(config.seed)
     train_set, eval_sets, num_classes = build_datasets(config, data_root)
     sampler = None
@@ -269,7 +284,7 @@ def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = Fa
         "budget": budget(config, trainer, profile),
         "alrs_applied": trainer.alrs_rule if config.bits else None,
         "arithmetic": {"amp_bf16": trainer.amp_bf16, "channels_last": trainer.channels_last,
-                       "fake_quant": fake_quant_path() if config.bits else None},
+                       "fake_quant": training_path() if config.bits else None},
         "hardware": lab_config.hardware_summary(),
         "world_size": group.world_size,
     }

@@ -77,9 +77,9 @@ def result(value: float, unit: str, goal: str, met: bool, details: dict) -> dict
 def capture_mode() -> tuple[dict, dict]:
     """The kernels that ``use_compile`` / ``use_fused_double_round`` last installed (labkit's own objects).
 
-    Both functions wrap their kernels in a new ``torch.compile`` object on every call (~1 ms), so a timed call
-    that switched modes by calling them would time that too. The candidates below switch by restoring a
-    snapshot taken once after the public call: the same state, at the cost of two dict updates.
+    A timed call that switched modes by calling them would time their bookkeeping too; the candidates below
+    switch by restoring a snapshot taken once after the public call: the same state, at the cost of two dict
+    updates.
     """
     return dict(_lsq._KERNELS), dict(_rounding._KERNEL)
 

@@ -7,7 +7,7 @@
     python benchmarks/run.py --out /tmp/r.json    # another output file (default benchmarks/results.json)
 
 Groups (``--only``): speed_fakequant, speed_joint, speed_joint_trainer, switchboard, speed_bf16_accuracy (issue 11's
-table, ``speed.py``: the default path with the opt-in paths beside it, at 1 and 2 threads), fakequant, int8_switch,
+table, ``speed.py``: the default path with the other paths beside it, at 1 and 2 threads), fakequant, int8_switch,
 int_switch_floor, checkpoint_size, hessian, search_sweep, scaling, data_loading, profile, notebooks. Each group
 adds rows ``{name: {"value", "unit", "goal", "met"?, "label"?, "summary"?, "detail"?, "error"?}}`` to the output;
 ``_meta`` holds the hardware line, torch version, thread count, load averages and run time. ``write_table.py``
@@ -400,7 +400,7 @@ def bench_profile(quick: bool, out_path: Path) -> dict:
     data = training.RandomImages(batch)
     indices = torch.arange(batch)
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer = training.make_trainer((8, 6, 4, 2), out_dir, batch_size=batch)
+        trainer = training.make_trainer((8, 6, 4, 2), out_dir, batch_size=batch, compile_quant=False)  # eager
 
         def step():
             trainer.train_step(data.images, data.labels, indices, epoch=0)
@@ -491,7 +491,7 @@ def bench_int_switch_floor(quick: bool) -> dict:
 
 # ------------------------------------------------------------------------------------------------ driver
 
-SPEED_RUNNERS = {  # issue 11's table (speed.py), default path with the opt-in paths beside it, 1 and 2 threads
+SPEED_RUNNERS = {  # issue 11's table (speed.py), default path with the other paths beside it, 1 and 2 threads
     "speed_fakequant": speed.fakequant_section,
     "speed_joint": speed.joint_step_section,
     "speed_joint_trainer": speed.joint_trainer_section,

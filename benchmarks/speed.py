@@ -49,7 +49,6 @@ from labkit.quant import lsq  # noqa: E402
 from labkit.quant.lsq import fake_quantize, lsq_grad_scale, use_fake_quant_path  # noqa: E402
 from labkit.train.arithmetic import resolve_arithmetic  # noqa: E402
 from labkit.train.recipes import FAST_ARITHMETIC  # noqa: E402
-from labkit.train.run import FAKE_QUANT_PATHS  # noqa: E402
 
 BITS = (8, 6, 4, 2)
 HIGH = 8
@@ -143,8 +142,8 @@ def time_side_by_side(candidates: dict, rounds: int, kernels: dict, warm_up: int
 
 
 def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
-    """The kernel tables of every fake-quant path, taken once (``use_compile`` wraps new compiled objects per call,
-    so a timed call switches paths by restoring its table). Leaves the default path installed."""
+    """The kernel tables of every fake-quant path, taken once, so a timed call switches paths by restoring its table.
+    Leaves the default path installed."""
     default = lsq.fake_quant_path()
     tables = {}
     for path in paths:
@@ -152,6 +151,10 @@ def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
         tables[path] = dict(lsq._KERNELS)
     use_fake_quant_path(default)
     return tables
+
+
+#: The ``TrainConfig.compile_quant`` that selects each path (labkit.quant.lsq.path_for).
+COMPILE_QUANT_OF = {"auto": None, "compiled": True, "fused": False}
 
 
 def alternative_path(default: str) -> str:
@@ -331,7 +334,7 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
     beside it."""
     start_load = load()
     default = lsq.fake_quant_path()
-    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
+    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 5)
     other = alternative_path(default)
     tables = capture_paths((default, other))
     candidates = {}
@@ -440,15 +443,17 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
 
     start_load = load()
     default = lsq.fake_quant_path()
-    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 3)
-    recipe_path = FAKE_QUANT_PATHS[FAST_ARITHMETIC["compile_quant"]]
+    batch, rounds = (16, rounds or 2) if quick else (128, rounds or 5)
+    recipe_path = lsq.path_for(FAST_ARITHMETIC["compile_quant"])
     paths = [default, alternative_path(default)]
     tables = capture_paths(tuple(dict.fromkeys(paths + [recipe_path])))
     data = training.RandomImages(batch)
     images, labels, indices = data.images, data.labels, torch.arange(batch)
     with tempfile.TemporaryDirectory() as out_dir:
         trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
-        trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch) for path in paths})
+        # each trainer's config names its path (JointTrainer.train_step selects it), matching its kernel table below
+        trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch,
+                                                               compile_quant=COMPILE_QUANT_OF[path]) for path in paths})
         # what `labkit train --recipe` runs beyond smoke (labkit.train.recipes.FAST_ARITHMETIC): bf16 autocast where
         # the device computes bf16 natively, and its fake-quant path (compiled training kernels where a compiler works)
         trainers.update({name: training.make_trainer(bits, out_dir, batch_size=batch, amp_bf16=None, channels_last=None)

@@ -7,7 +7,7 @@
 Only the lines from ``## Benchmarks`` to the next ``## `` heading (or the end of the file) are replaced. Every row
 of the results becomes one table row: what was measured (the row's ``label``, else its name and unit), its value,
 goal and whether it is met, when it was measured (a quick run is marked), and what is beside it (the row's
-``summary``: the opt-in paths, epoch times, the load average).
+``summary``: the other paths, epoch times, the load average).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HEADING = "## Benchmarks"
 WIDTH = 120  # prose lines of the section; table rows stay one line each
-COLUMNS = ("measurement", "value", "goal", "met", "measured", "beside it (opt-in paths, setup)")
+COLUMNS = ("measurement", "value", "goal", "met", "measured", "beside it (other paths, setup)")
 
 
 def _short_unit(unit: str) -> str:

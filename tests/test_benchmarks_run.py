@@ -125,7 +125,7 @@ def test_table_generator_writes_one_markdown_row_per_result(monkeypatch):
     write_table = load_module("write_table", ROOT / "benchmarks" / "write_table.py", monkeypatch)
     lines = write_table.table_rows(HAND_MADE)
     assert lines == [
-        "| measurement | value | goal | met | measured | beside it (opt-in paths, setup) |",
+        "| measurement | value | goal | met | measured | beside it (other paths, setup) |",
         "|---|---|---|---|---|---|",
         "| weight fake-quant, 1 thread | 0.513× | ≤ 0.8 | yes | 2026-12-01 12:08 | "
         "`fakequant_weight_vs_torch_t1`; compiled: 8b 0.30 \\| 2b 0.2 |",

@@ -226,7 +226,7 @@ def test_unknown_path_is_rejected():
 
 
 def test_compiled_path_equals_fused_bit_for_bit():
-    """The opt-in ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction kept
+    """The ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction kept
     eager) give the same bits: every tie rule, Δ = 0 and Δ > 0, the centred offset, a per-tensor activation, and
     two shapes through one compiled kernel."""
     cases = [((8, 3, 3, 3), 0, "half_even", 0.0), ((8, 3, 3, 3), 4, "half_even", 0.0), ((5, 7, 3, 3), 6, "half_even", 0.0),
@@ -301,57 +301,139 @@ def test_activation_first_use_check_follows_the_buffer():
     assert float(fresh.scale["8"]) == pytest.approx(first * 10, rel=1e-6) and fresh.is_initialized(8)
 
 
-def test_default_path_compiles_training_calls_only(monkeypatch):
-    """The default "auto" path (issue 11: fast without asking) runs a call that wants gradients on the compiled kernels
-    and an evaluation call (no_grad) on the eager fused forward; both give the fused path's bits."""
-    assert lsq.DEFAULT_PATH == "auto" and fake_quant_path() == "auto" and lsq.training_path() == "compiled"
+def _recording_compiled_kernels(monkeypatch) -> list:
+    """Wrap the compiled kernels so each call records (kernel, dtype of x) before it runs."""
     calls = []
     for name in ("forward", "backward"):
-        kernel = lsq._COMPILED[name]
-        monkeypatch.setitem(lsq._COMPILED, name, lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
+        kernel = lsq._compiled(name)
+
+        def recorded(*args, kernel=kernel, name=name):
+            calls.append((name, args[0 if name == "forward" else 1].dtype))  # (x, scale, …) / (grad, x, scale, …)
+            return kernel(*args)
+        monkeypatch.setitem(lsq._COMPILED, name, recorded)
+    return calls
+
+
+@pytest.mark.skipif(os.environ.get("LABKIT_COMPILE", "") != "", reason="LABKIT_COMPILE sets another default here")
+def test_default_path_compiles_training_calls_only(monkeypatch):
+    """The default "auto" path (issue 11: fast without asking) runs a call that wants gradients on the compiled kernels
+    and every evaluation call (no_grad, whatever the grad_mode or dtype) on the eager forward; all give the fused
+    path's bits, with no fallback."""
+    assert lsq.DEFAULT_PATH == "auto" and fake_quant_path() == "auto" and lsq.training_path() == "compiled"
+    calls = _recording_compiled_kernels(monkeypatch)
     scale = torch.rand(8, generator=torch.Generator().manual_seed(5)).add(0.5).mul(0.01).view(-1, 1, 1, 1)
     x = boundary_values(scale, (8, 4, 3, 3), 2, seed=5)
     grad = upstream_gradient((8, 4, 3, 3), 5)
     expected = run("fused", x, scale, -32, 31, 2, "half_even", 0.0, grad)
-    got = run("auto", x, scale, -32, 31, 2, "half_even", 0.0, grad)
-    assert calls == ["forward", "backward"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = run("auto", x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    assert calls == [("forward", torch.float32), ("backward", torch.float32)]
+    assert fake_quant_path() == "auto" and lsq.compile_error() is None
     for name, a, b in zip(("output", "grad_x", "grad_scale"), got, expected):
         assert_same_bits(a, b, f"auto {name}")
     with torch.no_grad():
         evaluated = fake_quantize(x, scale, -32, 31, shift=2)
-    assert calls == ["forward", "backward"]  # evaluation stayed eager
-    assert_same_bits(evaluated, expected[0], "auto no_grad output")
+        reference_mode = fake_quantize(x, scale, -32, 31, shift=2, grad_mode="reference")
+        low = fake_quantize(x.to(torch.bfloat16), scale, -32, 31, shift=2)
+    with torch.inference_mode():
+        inferred = fake_quantize(x, scale.requires_grad_(), -32, 31, shift=2)
+    assert len(calls) == 2  # evaluation stayed eager
+    for what, value in (("no_grad", evaluated), ("reference no_grad", reference_mode), ("inference_mode", inferred)):
+        assert_same_bits(value, expected[0], f"auto {what} output")
+    use_fake_quant_path("fused")
+    with torch.no_grad():
+        assert_same_bits(low, fake_quantize(x.to(torch.bfloat16), scale.detach(), -32, 31, shift=2), "bf16 no_grad")
 
 
-@pytest.mark.parametrize("setting,path", [("0", "fused"), ("1", "compiled"), ("", "auto")])
+@pytest.mark.parametrize("setting,path", [("0", "fused"), ("off", "fused"), ("1", "compiled"), ("", "auto")])
 def test_labkit_compile_environment_variable_sets_the_default(setting, path):
     import subprocess
     import sys
 
     env = dict(os.environ, LABKIT_COMPILE=setting)
-    out = subprocess.run([sys.executable, "-c", "from labkit.quant import lsq; print(lsq.fake_quant_path())"],
-                         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    assert out == path
+    code = "from labkit.quant import lsq; print(lsq.fake_quant_path(), lsq.path_for(None), len(lsq._COMPILED))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [path, path, "0"]  # and importing labkit builds no compiled kernel
+
+
+LOW_PRECISION_CASES = [  # (dtype, weight shape or per-tensor activation, Δ, tie rule, centred offset)
+    (torch.bfloat16, (8, 3, 3, 3), 4, "half_even", 0.0),
+    (torch.bfloat16, (8, 3, 3, 3), 2, "half_up", 0.0),
+    (torch.bfloat16, (8, 3, 3, 3), 2, "floor", 0.5 - 2.0 ** -3),
+    (torch.float16, (8, 3, 3, 3), 4, "half_even", 0.0),
+    (torch.bfloat16, (4, 6, 5, 5), 0, "half_even", 0.0),
+    (torch.float16, (4, 6, 5, 5), 0, "half_even", 0.0),
+]
+
+
+def _low_precision_case(dtype, shape, shift):
+    scale = (torch.tensor(0.0213) if shape == (4, 6, 5, 5) else
+             torch.rand(8, generator=torch.Generator().manual_seed(shift)).add(0.5).mul(0.006).view(-1, 1, 1, 1))
+    x = boundary_values(scale, shape, shift, seed=21, dtype=dtype)
+    if scale.dim() == 0:
+        x = x.abs()
+    bounds = (0, 255) if scale.dim() == 0 else (-(1 << (7 - shift)), (1 << (7 - shift)) - 1)
+    return x, scale, bounds, upstream_gradient(shape, 21).to(dtype)
 
 
 @pytest.mark.parametrize("path", ["compiled", "auto"])
-def test_compiled_kernels_take_bf16_inputs_with_the_fused_paths_bits(path):
-    """Under autocast the activations arrive in bf16: the compiled kernels quantize them in fp32 inside the kernel
-    (no cast passes around it) and give the fused path's bf16 output and gradients bit for bit."""
-    for shape, scale, shift, low, high in (((8, 3, 3, 3), torch.rand(8).add(0.5).mul(0.006).view(-1, 1, 1, 1), 4,
-                                            -8, 7),
-                                           ((4, 6, 5, 5), torch.tensor(0.0213), 0, 0, 255)):
-        x = boundary_values(scale, shape, shift, seed=21, dtype=torch.bfloat16)
-        if scale.dim() == 0:
-            x = x.abs()
-        grad = upstream_gradient(shape, 21).to(torch.bfloat16)
-        fused = run("fused", x, scale, low, high, shift, "half_even", 0.0, grad)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)
-            compiled = run(path, x, scale, low, high, shift, "half_even", 0.0, grad)
-        assert compiled[0].dtype == torch.bfloat16 and compiled[1].dtype == torch.bfloat16
-        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-            assert_same_bits(a, b, f"{path} bf16 {name}, shift {shift}")
+@pytest.mark.parametrize("dtype,shape,shift,rounding,offset", LOW_PRECISION_CASES)
+def test_compiled_kernels_take_low_precision_inputs_with_the_fused_paths_bits(monkeypatch, path, dtype, shape, shift,
+                                                                              rounding, offset):
+    """Under autocast the activations arrive in bf16 (or fp16): the compiled kernels get them as they are (no cast
+    pass around the kernel), quantize them in fp32 inside and give the fused path's output and gradients bit for
+    bit, in the input's dtype."""
+    x, scale, (low, high), grad = _low_precision_case(dtype, shape, shift)
+    fused = run("fused", x, scale, low, high, shift, rounding, offset, grad)
+    calls = _recording_compiled_kernels(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compiled = run(path, x, scale, low, high, shift, rounding, offset, grad)
+    assert calls == [("forward", dtype), ("backward", dtype)]  # the kernels saw the bf16/fp16 tensor itself
+    assert compiled[0].dtype == dtype and compiled[1].dtype == dtype and compiled[2].dtype == torch.float32
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+        assert_same_bits(a, b, f"{path} {dtype} {name}, shift {shift}, {rounding}")
+
+
+def test_a_compiler_failure_between_forward_and_backward_keeps_low_precision_bits(monkeypatch):
+    """The forward ran compiled on a bf16 x; the backward's compile fails: the eager backward takes over on the saved
+    bf16 x (one warning line) and the gradients are the fused path's."""
+    x, scale, (low, high), grad = _low_precision_case(torch.bfloat16, (8, 3, 3, 3), 4)
+    fused = run("fused", x, scale, low, high, 4, "half_even", 0.0, grad)
+    use_fake_quant_path("compiled")
+    lsq._compiled("forward")
+
+    def fails(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setitem(lsq._COMPILED, "backward", fails)
+    leaf_x, leaf_scale = x.detach().clone().requires_grad_(), scale.detach().clone().requires_grad_()
+    out = fake_quantize(leaf_x, leaf_scale, low, high, shift=4, grad_factor=0.0137)  # as run() passes
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
+        grad_x, grad_scale = torch.autograd.grad(out, (leaf_x, leaf_scale), grad)
+    assert fake_quant_path() == "fused" and "InvalidCxxCompiler" in lsq.compile_error()
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), (out, grad_x, grad_scale), fused):
+        assert_same_bits(a, b, f"fallback {name}")
+
+
+def test_a_run_keeps_its_path_and_gives_the_callers_back():
+    """select_fake_quant_path inside restored_fake_quant_path (what labkit train and JointTrainer.train_step do):
+    the path holds inside and the caller's is back after; after a compiler failure a compiling path is not tried
+    again."""
+    use_fake_quant_path("recompute")
+    with lsq.restored_fake_quant_path():
+        assert lsq.select_fake_quant_path(None) == lsq.DEFAULT_PATH == fake_quant_path()
+    assert fake_quant_path() == "recompute"
+    with lsq.restored_fake_quant_path():
+        assert lsq.select_fake_quant_path(False) == "fused" == fake_quant_path()
+    assert fake_quant_path() == "recompute"
+    lsq._COMPILE_FAILURE["error"] = "InvalidCxxCompiler: test"
+    try:
+        with lsq.restored_fake_quant_path():
+            assert lsq.select_fake_quant_path(True) == "fused"
+        assert fake_quant_path() == "recompute"
+    finally:
+        lsq._COMPILE_FAILURE["error"] = None
 
 
 def test_a_bad_input_raises_its_own_error_and_keeps_the_compiled_path():

@@ -1,5 +1,5 @@
 """benchmarks/speed.py stays runnable: its quick fake-quant group gives rows in the benchmarks/run.py schema, at 1 and
-2 threads, with the default path as the value and the opt-in paths beside it."""
+2 threads, with the default path as the value and the other paths beside it."""
 import sys
 from pathlib import Path
 
@@ -28,7 +28,7 @@ def test_quick_fakequant_rows_have_the_run_py_schema_at_both_thread_counts():
         assert all(set(by_bits) == set(speed.BITS) for by_bits in table.values())
         main = f"{default}_{'dr_w' if 'weight' in name else 'a'}"
         assert entry["value"] == max(table[main].values())  # the default path, worst over the bit-widths
-        assert set(detail["paths"]) == set(lsq.PATHS) and "compiled" in entry["summary"]  # opt-in beside it
+        assert set(detail["paths"]) == set(lsq.PATHS) and "compiled" in entry["summary"]  # the others beside it
         assert entry["label"] and f"{int(name[-1])} thread" in entry["label"]
 
 

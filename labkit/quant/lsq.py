@@ -32,6 +32,7 @@ gradient summed over the whole tensor, so per-channel scales move in lock-step.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -191,7 +192,7 @@ def _fused_forward(x, scale, qmin: int, qmax: int, shift: int, rounding: str, of
 
 
 class _FusedFakeQuantize(torch.autograd.Function):
-    """The default path: the forward also computes the scale-gradient residual and the mask, so the backward is
+    """The eager fused path: the forward also computes the scale-gradient residual and the mask, so the backward is
     two elementwise passes and the reduction. Saves ``r`` (float) and the mask (bool) beside ``x`` and the scale.
     A double backward (``create_graph=True``) recomputes through :func:`_backward_kernel`, as the recompute path."""
 
@@ -223,8 +224,22 @@ PATHS = ("auto", "fused", "recompute", "compiled")
 fused forward otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the codes from ``x``),
 ``"compiled"`` (the recompute kernels fused by ``torch.compile``, for every call)."""
 
-DEFAULT_PATH = {"0": "fused", "1": "compiled"}.get(os.environ.get("LABKIT_COMPILE", "").strip(), "auto")
-"""The path at import: ``"auto"``, or what ``LABKIT_COMPILE`` (0 / 1) asks for."""
+
+def _path_from_environment(value: str) -> str:
+    setting = value.strip().lower()
+    if setting in ("", "auto"):
+        return "auto"
+    if setting in ("0", "false", "off", "no"):
+        return "fused"
+    if setting in ("1", "true", "on", "yes"):
+        return "compiled"
+    warnings.warn(f"LABKIT_COMPILE={value!r} is not understood (use 0 for the eager fused path, 1 to compile every "
+                  "call, or leave it unset); using the default, auto.", RuntimeWarning, stacklevel=2)
+    return "auto"
+
+
+DEFAULT_PATH = _path_from_environment(os.environ.get("LABKIT_COMPILE", ""))
+"""The path at import: ``"auto"``, or what ``LABKIT_COMPILE`` asks for (0: ``"fused"``, 1: ``"compiled"``)."""
 
 _KERNELS: dict[str, object] = {}
 _COMPILED: dict[str, object] = {}
@@ -239,15 +254,6 @@ def use_fake_quant_path(path: str) -> None:
         raise ValueError(f"path={path!r} is unknown; use one of {list(PATHS)}.")
     if path in ("auto", "compiled"):  # asked for again after a fallback: try the compiler again
         _COMPILE_FAILURE["error"] = None
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        if not _COMPILED:
-            # inductor's C++ toolchain check logs a CUDA_HOME warning on machines without CUDA (noise in a notebook)
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
-            # (kernel, dtype, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale), not per shape
-            # and bit. Nothing compiles until the first call.
-            _COMPILED.update({name: torch.compile(kernel, dynamic=True) for name, kernel in
-                              (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
         _KERNELS.update(forward=_compiled_forward, backward=_compiled_backward)
     else:
         _KERNELS.update(forward=_eager_forward, backward=_eager_backward)
@@ -282,6 +288,35 @@ def training_path() -> str:
     return "compiled" if _KERNELS["path"] == "auto" else _KERNELS["path"]
 
 
+def path_for(compile_quant: bool | None) -> str:
+    """``TrainConfig.compile_quant`` as a path: None the default (:data:`DEFAULT_PATH`), True ``"compiled"``, False
+    ``"fused"``."""
+    return {None: DEFAULT_PATH, True: "compiled", False: "fused"}[compile_quant]
+
+
+def select_fake_quant_path(compile_quant: bool | None) -> str:
+    """Switch to :func:`path_for` ``(compile_quant)``, except that after a compiler failure in this process a
+    compiling path is not tried again (the eager fused path stays); returns the path now on."""
+    path = path_for(compile_quant)
+    if path in ("auto", "compiled") and _COMPILE_FAILURE["error"] is not None:
+        path = "fused"
+    if path != _KERNELS["path"]:
+        use_fake_quant_path(path)
+    return path
+
+
+@contextlib.contextmanager
+def restored_fake_quant_path():
+    """On exit, the path that was on at entry is on again, unless the compiler failed inside (then the eager path
+    that took over stays): a training run or step chooses its own path without changing the caller's."""
+    previous, error = _KERNELS["path"], _COMPILE_FAILURE["error"]
+    try:
+        yield
+    finally:
+        if _COMPILE_FAILURE["error"] in (None, error) and _KERNELS["path"] != previous:
+            use_fake_quant_path(previous)
+
+
 def compile_error() -> str | None:
     """Why the compiled path fell back to eager (the compiler's error, one line), or None."""
     return _COMPILE_FAILURE["error"]
@@ -308,22 +343,30 @@ def _round_scaled(scaled: torch.Tensor, rounding: str) -> torch.Tensor:
     return torch.floor(scaled)
 
 
+def _low_precision(x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """A bf16/fp16 ``x`` (under autocast) with a wider scale: quantized in the scale's precision, returned in its own."""
+    return x.dtype in (torch.bfloat16, torch.float16) and scale.dtype != x.dtype
+
+
 def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool):
     """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``.
 
     A bf16/fp16 ``x`` is quantized in the scale's precision and the result returned in ``x``'s dtype, as on the fused
     path: the casts are fused into the kernel instead of two passes around it."""
-    first = torch.round(x.to(scale.dtype) * scale.reciprocal())
+    low = _low_precision(x, scale)
+    first = torch.round((x.to(scale.dtype) if low else x) * scale.reciprocal())
     codes = torch.clamp(_round_scaled(first * settings[2], rounding) if shifted else first, settings[0], settings[1])
     if centred:
         codes = codes + settings[6]
-    return (codes * (scale * settings[3])).to(x.dtype)
+    out = codes * (scale * settings[3])
+    return out.to(x.dtype) if low else out
 
 
 def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
     """:func:`_backward_kernel` up to the reduction: (grad_x in ``x``'s dtype, per-element scale gradient in the
     scale's), for ``torch.compile``."""
-    v = x.to(scale.dtype) * scale.reciprocal()
+    low = _low_precision(x, scale)
+    v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)
     unclipped = _round_scaled(first * settings[2], rounding) if shifted else first
     codes = torch.clamp(unclipped, settings[0], settings[1])
@@ -332,32 +375,47 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
         outside = outside | (first < settings[4]) | (first > settings[5])
     if centred:
         codes = codes + settings[6]
-    return grad.masked_fill(outside, 0.0), (codes * settings[3] - v.masked_fill(outside, 0.0)) * grad.to(scale.dtype)
+    per_element = (codes * settings[3] - v.masked_fill(outside, 0.0)) * (grad.to(scale.dtype) if low else grad)
+    return grad.masked_fill(outside, 0.0), per_element
 
 
 def _eager_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
     """:func:`_forward_kernel` for any ``x`` dtype the compiled kernels take (a bf16 ``x`` is quantized in fp32)."""
-    if x.dtype == scale.dtype:
+    if not _low_precision(x, scale):
         return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
     return _forward_kernel(x.to(scale.dtype), scale, qmin, qmax, shift, rounding, offset).to(x.dtype)
 
 
 def _eager_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
     """:func:`_backward_kernel` for any ``x`` dtype the compiled kernels take (grad_x back in ``x``'s dtype)."""
-    if x.dtype == scale.dtype:
+    if not _low_precision(x, scale):
         return _backward_kernel(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset)
     grad_x, grad_scale = _backward_kernel(grad.to(scale.dtype), x.to(scale.dtype), scale, qmin, qmax, shift,
                                           rounding, grad_factor, offset)
     return grad_x.to(x.dtype), grad_scale
 
 
+def _compiled(name: str):
+    """The compiled kernel ``name``, built on first use (so ``import labkit`` loads no compiler)."""
+    if not _COMPILED:
+        # inductor's C++ toolchain check logs a CUDA_HOME warning on machines without CUDA (noise in a notebook)
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
+        # (kernel, dtype, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale, thread count),
+        # not per shape and bit.
+        _COMPILED.update({kernel: torch.compile(function, dynamic=True) for kernel, function in
+                          (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
+    return _COMPILED[name]
+
+
 def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
-    return _COMPILED["forward"](x, scale, _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0,
+    return _compiled("forward")(x, scale, _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0,
                                 bool(offset))
 
 
 def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
-    grad_x, per_element = _COMPILED["backward"](grad, x, scale, _settings(qmin, qmax, shift, offset, scale), rounding,
+    grad_x, per_element = _compiled("backward")(grad, x, scale, _settings(qmin, qmax, shift, offset, scale), rounding,
                                                 shift > 0, bool(offset))
     return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
 
@@ -440,8 +498,14 @@ def fake_quantize(
     offset = float(offset)
     path = _KERNELS["path"]
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)
-    if path == "auto":  # training calls compiled, the rest (evaluation, no_grad) on the eager fused forward
-        path = "compiled" if wants_grad else "fused"
+    if path == "auto" and not wants_grad:  # evaluation, no_grad: eager, whatever the dtypes or grad_mode
+        if grad_mode == "lsq" and _fused_dtypes(x, scale):
+            return _fused_forward(x, scale, qmin, qmax, shift, rounding, offset, False)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return _forward_kernel(x.float(), scale.float(), qmin, qmax, shift, rounding, offset).to(x.dtype)
+        return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
+    if path == "auto":  # a training call: the compiled kernels
+        path = "compiled"
     if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
         if wants_grad:
             return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)

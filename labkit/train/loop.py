@@ -25,6 +25,7 @@ from labkit.convert import quantized_layers, set_bits
 from labkit.data import default_workers, make_loader
 from labkit.errors import LabkitError
 from labkit.evaluate import FP32, count_correct, fixed_subset
+from labkit.quant.lsq import restored_fake_quant_path, select_fake_quant_path
 from labkit.train.alrs import AdaptiveScaleLR, alrs_rule_for, per_bit_parameters
 from labkit.train.checkpoint import atomic_torch_save, capture_rng, load_training_checkpoint, restore_rng
 from labkit.train.config import TrainConfig
@@ -280,7 +281,15 @@ class JointTrainer:
         return cosine_lr(self.config.lr, step, self.total_steps, self.config.warmup_epochs * self.steps_per_epoch)
 
     def train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
-        """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass."""
+        """One batch: FP32, or every bit-width by Alg. A.2 or A.1. Returns the loss of each pass.
+
+        The fake-quant path is the config's (``compile_quant``, :func:`labkit.quant.lsq.path_for`) for the step and
+        the caller's again after it, so a notebook's smoke trainer stays eager as ``labkit train`` does."""
+        with restored_fake_quant_path():
+            select_fake_quant_path(self.config.compile_quant)
+            return self._train_step(images, labels, indices, epoch)
+
+    def _train_step(self, images, labels, indices, epoch: int) -> dict[int, float]:
         lr = self.learning_rate(self.global_step)
         losses = {}
         if self.bits is None:

@@ -23,7 +23,7 @@ from labkit.convert import quantize_model
 from labkit.errors import LabkitError
 from labkit.models import build_model
 from labkit.models.imagenet import load_state_dict_file
-from labkit.quant.lsq import compile_error, fake_quant_path, training_path, use_fake_quant_path
+from labkit.quant.lsq import restored_fake_quant_path, select_fake_quant_path, training_path
 from labkit.storage import save_int
 from labkit.train.config import TrainConfig
 from labkit.train.distributed import ProcessGroup, barrier, setup
@@ -210,23 +210,14 @@ def _write_json(path: Path, payload: dict) -> None:
     temporary.replace(path)
 
 
-#: ``TrainConfig.compile_quant`` → fake-quant path (labkit.quant.lsq.PATHS): None is the library's default ("auto":
-#: torch.compile kernels for the training passes where a compiler works), True compiles every call, False stays eager.
-FAKE_QUANT_PATHS = {None: "auto", True: "compiled", False: "fused"}
-
-
 def train(recipe: str, out_dir, overrides: dict | None = None, resume: bool = False, profile: str | None = None,
           data_root=None, show_progress: bool = True) -> dict:
     """Run (or resume) recipe ``recipe`` into ``out_dir``; return the metrics written to ``metrics.json``.
 
-    The run's fake-quant path (``compile_quant``) holds for the run only: the caller's path is back afterwards (unless
-    the compiler failed, which leaves the eager path that took over)."""
-    previous = fake_quant_path()
-    try:
+    The run's fake-quant path (``compile_quant``, :func:`labkit.quant.lsq.path_for`) holds for the run only: the
+    caller's path is back afterwards (unless the compiler failed, which leaves the eager path that took over)."""
+    with restored_fake_quant_path():
         return _train(recipe, out_dir, overrides, resume, profile, data_root, show_progress)
-    finally:
-        if compile_error() is None:
-            use_fake_quant_path(previous)
 
 
 def _train(recipe: str, out_dir, overrides: dict | None, resume: bool, profile: str | None, data_root,
@@ -256,7 +247,7 @@ def _train(recipe: str, out_dir, overrides: dict | None, resume: bool, profile: 
     group = setup(config.device)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    use_fake_quant_path(FAKE_QUANT_PATHS[config.compile_quant])  # for this run; train() restores the caller's
+    select_fake_quant_path(config.compile_quant)  # for this run; train() restores the caller's path
     torch.manual_seed(config.seed)
     train_set, eval_sets, num_classes = build_datasets(config, data_root)
     sampler = None

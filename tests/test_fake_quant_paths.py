@@ -225,7 +225,11 @@ def test_unknown_path_is_rejected():
         use_fake_quant_path("fast")
 
 
-def test_compiled_path_equals_fused_bit_for_bit():
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # scripts/gpu_check.sh runs the cuda cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_path_equals_fused_bit_for_bit(device):
     """The ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction kept
     eager) give the same bits: every tie rule, Δ = 0 and Δ > 0, the centred offset, a per-tensor activation, and
     two shapes through one compiled kernel."""
@@ -234,8 +238,8 @@ def test_compiled_path_equals_fused_bit_for_bit():
              ((8, 3, 3, 3), 2, "floor", 0.5 - 2.0 ** -3)]
     for shape, shift, rounding, offset in cases:
         scale = torch.rand(shape[0], generator=torch.Generator().manual_seed(shift)).add(0.5).mul(0.006).view(-1, 1, 1, 1)
-        x = boundary_values(scale, shape, shift, seed=12 + shift)
-        grad = upstream_gradient(shape, 12)
+        x = boundary_values(scale, shape, shift, seed=12 + shift).to(device)
+        grad, scale = upstream_gradient(shape, 12).to(device), scale.to(device)
         qmin, qmax = -(1 << (7 - shift)), (1 << (7 - shift)) - 1
         fused = run("fused", x, scale, qmin, qmax, shift, rounding, offset, grad)
         with warnings.catch_warnings():
@@ -245,8 +249,8 @@ def test_compiled_path_equals_fused_bit_for_bit():
         for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
             assert_same_bits(a, b, f"compiled {name}, shift {shift}, {rounding}, offset {offset}")
     scale = torch.tensor(0.0213)
-    x = boundary_values(scale, (4, 6, 5, 5), 0, seed=3).abs()
-    grad = upstream_gradient((4, 6, 5, 5), 3)
+    x = boundary_values(scale, (4, 6, 5, 5), 0, seed=3).abs().to(device)
+    grad, scale = upstream_gradient((4, 6, 5, 5), 3).to(device), scale.to(device)
     for bits in (8, 2):
         fused = run("fused", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
         compiled = run("compiled", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)

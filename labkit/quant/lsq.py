@@ -17,9 +17,10 @@ backward (Eq. 13–14, clipped straight-through estimator):
   LSQ gradient scale ``g`` (:func:`lsq_grad_scale`).
 
 Four paths compute the same values bit for bit (:func:`use_fake_quant_path`). ``"auto"`` (the default) runs a
-training call (gradients wanted) on the ``"compiled"`` kernels where a compiler works and everything else (evaluation,
-``no_grad``) on the eager ``"fused"`` forward; where no compiler works, the first training call says so in one warning
-line and ``"fused"`` takes over. ``"fused"`` computes the output, the scale-gradient residual and the mask in one
+training call (gradients wanted) on CPU tensors on the ``"compiled"`` kernels where a compiler works, and everything
+else (evaluation, ``no_grad``, and CUDA tensors until ``scripts/gpu_check.sh`` has compared the bits there) on the
+eager ``"fused"`` path; where no compiler works, the first training call says so in one warning line and
+``"fused"`` takes over. ``"fused"`` computes the output, the scale-gradient residual and the mask in one
 forward, so the backward is two elementwise passes and the reduction; ``"recompute"`` saves only ``x`` and recomputes
 the codes in the backward (less memory); ``"compiled"`` runs the recompute formulas as ``torch.compile`` kernels, for
 every call, and takes a bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
@@ -283,9 +284,12 @@ def compile_enabled() -> bool:
     return _KERNELS["path"] in ("auto", "compiled")
 
 
-def training_path() -> str:
-    """The path a training call (gradients wanted) runs on now: ``"auto"`` resolves to ``"compiled"``."""
-    return "compiled" if _KERNELS["path"] == "auto" else _KERNELS["path"]
+def training_path(device: str | torch.device = "cpu") -> str:
+    """The path a training call (gradients wanted) on ``device`` runs on now: ``"auto"`` resolves to ``"compiled"``
+    on the CPU and to ``"fused"`` elsewhere."""
+    if _KERNELS["path"] == "auto":
+        return "compiled" if torch.device(device).type == "cpu" else "fused"
+    return _KERNELS["path"]
 
 
 def path_for(compile_quant: bool | None) -> str:
@@ -504,8 +508,8 @@ def fake_quantize(
         if x.dtype in (torch.bfloat16, torch.float16):
             return _forward_kernel(x.float(), scale.float(), qmin, qmax, shift, rounding, offset).to(x.dtype)
         return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
-    if path == "auto":  # a training call: the compiled kernels
-        path = "compiled"
+    if path == "auto":  # a training call: the compiled kernels on the CPU (on CUDA eager until checked there)
+        path = "compiled" if x.device.type == "cpu" else "fused"
     if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
         if wants_grad:
             return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)

@@ -275,7 +275,7 @@ def _train(recipe: str, out_dir, overrides: dict | None, resume: bool, profile: 
         "budget": budget(config, trainer, profile),
         "alrs_applied": trainer.alrs_rule if config.bits else None,
         "arithmetic": {"amp_bf16": trainer.amp_bf16, "channels_last": trainer.channels_last,
-                       "fake_quant": training_path() if config.bits else None},
+                       "fake_quant": training_path(trainer.device) if config.bits else None},
         "hardware": lab_config.hardware_summary(),
         "world_size": group.world_size,
     }

@@ -162,10 +162,28 @@ def test_fused_path_channels_last_and_deterministic_algorithms():
         assert_same_bits(a, b, f"deterministic {name}")
     x_last, grad_last = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
     fused = run("fused", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
-    recompute = run("recompute", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
     assert fused[0].is_contiguous(memory_format=torch.channels_last)
-    for name, a, b in zip(("output", "grad_x", "grad_scale"), fused, recompute):
-        assert_same_bits(a, b, f"channels_last {name}")
+    for path in ("recompute", "compiled", "auto"):
+        other = run(path, x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
+        for name, a, b in zip(("output", "grad_x", "grad_scale"), other, fused):
+            assert_same_bits(a, b, f"channels_last {name}, {path}")
+        if path != "recompute":  # the compiled kernels keep the layout: no conversion before the next conv
+            assert other[0].is_contiguous(memory_format=torch.channels_last), path
+            assert other[1].is_contiguous(memory_format=torch.channels_last), path
+
+
+def test_compiled_path_keeps_channels_last_weights_and_their_bits():
+    """A channels_last model has channels_last conv weights with per-channel scales (C, 1, 1, 1): Double Rounding
+    from 8 bits on the compiled path gives the fused path's bits and layout."""
+    scale = torch.rand(8, generator=torch.Generator().manual_seed(3)).add(0.5).mul(0.006).view(-1, 1, 1, 1)
+    weight = boundary_values(scale, (8, 5, 3, 3), 4, seed=31).to(memory_format=torch.channels_last)
+    grad = upstream_gradient((8, 5, 3, 3), 31).to(memory_format=torch.channels_last)
+    fused = run("fused", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
+    compiled = run("compiled", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+        assert_same_bits(a, b, f"channels_last weight {name}")
+    assert compiled[0].is_contiguous(memory_format=torch.channels_last)
+    assert compiled[1].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_forward_without_gradients_and_frozen_scale():

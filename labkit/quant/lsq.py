@@ -413,14 +413,35 @@ def _compiled(name: str):
     return _COMPILED[name]
 
 
+def _nhwc(t: torch.Tensor) -> bool:
+    """A 4-D channels_last tensor (not also plain contiguous, as a tensor with 1×1 spatial size would be)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _to_nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+
+
+def _from_nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 3, 1, 2)
+
+
 def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
-    return _compiled("forward")(x, scale, _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0,
-                                bool(offset))
+    """The compiled forward; a channels_last ``x`` goes in as its contiguous NHWC view and comes back channels_last
+    (the compiled kernels write contiguous outputs, which would cost the next conv a layout conversion)."""
+    nhwc = _nhwc(x)
+    out = _compiled("forward")(_to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
+                               _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
+    return _from_nhwc(out) if nhwc else out
 
 
 def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
-    grad_x, per_element = _compiled("backward")(grad, x, scale, _settings(qmin, qmax, shift, offset, scale), rounding,
-                                                shift > 0, bool(offset))
+    nhwc = _nhwc(x)
+    grad_x, per_element = _compiled("backward")(
+        _to_nhwc(grad) if nhwc else grad, _to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
+        _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
+    if nhwc:  # back to NCHW shapes with channels_last strides, as the eager paths give them
+        grad_x, per_element = _from_nhwc(grad_x), _from_nhwc(per_element)
     return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
 
 

@@ -4,8 +4,9 @@
 the same gradients, to the last bit (zero signs included), as ``"recompute"`` (whose backward recomputes the codes
 from ``x``; it is what the reference tests in ``test_lsq_reference.py`` and ``test_fair_baselines.py`` were written
 against, and they run on every path), as ``"compiled"`` and as the default ``"auto"`` (compiled kernels for training
-calls, the eager fused forward for evaluation). Inputs are built to hit every boundary: exact ties of the first rounding and of the second, codes
-at and beyond the INT-h and l-bit bounds, far outliers, zeros of both signs and infinities.
+calls on CPU tensors, the eager fused path for evaluation and on CUDA). Inputs are built to hit every boundary: exact
+ties of the first rounding and of the second, codes at and beyond the INT-h and l-bit bounds, far outliers, zeros of
+both signs and infinities.
 """
 import os
 import warnings
@@ -164,7 +165,9 @@ def test_fused_path_channels_last_and_deterministic_algorithms():
     fused = run("fused", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
     assert fused[0].is_contiguous(memory_format=torch.channels_last)
     for path in ("recompute", "compiled", "auto"):
-        other = run(path, x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a compile failure here would be a failure
+            other = run(path, x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
         for name, a, b in zip(("output", "grad_x", "grad_scale"), other, fused):
             assert_same_bits(a, b, f"channels_last {name}, {path}")
         if path != "recompute":  # the compiled kernels keep the layout: no conversion before the next conv
@@ -172,18 +175,67 @@ def test_fused_path_channels_last_and_deterministic_algorithms():
             assert other[1].is_contiguous(memory_format=torch.channels_last), path
 
 
-def test_compiled_path_keeps_channels_last_weights_and_their_bits():
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("grad_layout", ["channels_last", "contiguous"])
+def test_compiled_path_keeps_channels_last_weights_and_their_bits(monkeypatch, device, grad_layout):
     """A channels_last model has channels_last conv weights with per-channel scales (C, 1, 1, 1): Double Rounding
-    from 8 bits on the compiled path gives the fused path's bits and layout."""
+    from 8 bits on the compiled path gives the fused path's bits and layout, the kernels get the NHWC view (not a
+    copy), and an upstream gradient in another layout changes nothing."""
     scale = torch.rand(8, generator=torch.Generator().manual_seed(3)).add(0.5).mul(0.006).view(-1, 1, 1, 1)
-    weight = boundary_values(scale, (8, 5, 3, 3), 4, seed=31).to(memory_format=torch.channels_last)
-    grad = upstream_gradient((8, 5, 3, 3), 31).to(memory_format=torch.channels_last)
+    weight = boundary_values(scale, (8, 5, 3, 3), 4, seed=31).to(device, memory_format=torch.channels_last)
+    grad = upstream_gradient((8, 5, 3, 3), 31).to(device)
+    if grad_layout == "channels_last":
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    scale = scale.to(device)
     fused = run("fused", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
-    compiled = run("compiled", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
+    seen = []
+    for name in ("forward", "backward"):
+        kernel = lsq._compiled(name)
+
+        def recorded(*args, kernel=kernel, name=name):
+            seen.append(args[0 if name == "forward" else 1].is_contiguous())  # the NHWC view is contiguous
+            return kernel(*args)
+        monkeypatch.setitem(lsq._COMPILED, name, recorded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compiled = run("compiled", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
+    assert seen == [True, True]
     for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
         assert_same_bits(a, b, f"channels_last weight {name}")
     assert compiled[0].is_contiguous(memory_format=torch.channels_last)
     assert compiled[1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_scale_of_fewer_dimensions_broadcasts_the_same_under_channels_last():
+    """A (C, 1, 1) scale on a channels_last (N, C, H, W) tensor with C == H (where a wrong permutation would still
+    broadcast): the compiled path gives the fused path's bits."""
+    scale = torch.rand(6, generator=torch.Generator().manual_seed(8)).add(0.5).mul(0.01).view(6, 1, 1)
+    x = boundary_values(scale, (2, 6, 6, 5), 0, seed=8).abs().to(memory_format=torch.channels_last)
+    grad = upstream_gradient((2, 6, 6, 5), 8).to(memory_format=torch.channels_last)
+    fused = run("fused", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compiled = run("compiled", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
+        assert_same_bits(a, b, f"(C, 1, 1) scale {name}")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("grad_mode", ["lsq", "reference"])
+def test_auto_compiles_on_the_cpu_only(monkeypatch, device, grad_mode):
+    """Under "auto" a training call on CPU tensors runs the compiled kernels; on another device (CUDA, until its bits
+    are compared by scripts/gpu_check.sh) none, for every grad_mode."""
+    calls = []
+    for name in ("forward", "backward"):
+        kernel = lsq._compiled(name)
+        monkeypatch.setitem(lsq._COMPILED, name, lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
+    use_fake_quant_path("auto")
+    weight = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    scale = torch.full((4, 1, 1, 1), 0.01, device=device, requires_grad=True)
+    fake_quantize(weight, scale, -8, 7, shift=4, grad_mode=grad_mode).sum().backward()
+    expected = ["forward", "backward"] if grad_mode == "lsq" else ["forward"]  # reference: its own eager backward
+    assert calls == (expected if device == "cpu" else [])
+    assert lsq.training_path(device) == ("compiled" if device == "cpu" else "fused")
 
 
 def test_forward_without_gradients_and_frozen_scale():

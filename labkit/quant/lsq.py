@@ -221,8 +221,8 @@ class _FusedFakeQuantize(torch.autograd.Function):
 
 
 PATHS = ("auto", "fused", "recompute", "compiled")
-"""Fake-quant paths: ``"auto"`` (the default: compiled kernels for training calls where a compiler works, the eager
-fused forward otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the codes from ``x``),
+"""Fake-quant paths: ``"auto"`` (the default: compiled kernels for training calls on CPU tensors where a compiler
+works, the eager fused path otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the codes from ``x``),
 ``"compiled"`` (the recompute kernels fused by ``torch.compile``, for every call)."""
 
 
@@ -280,7 +280,8 @@ def use_compile(enabled: bool = True) -> None:
 
 
 def compile_enabled() -> bool:
-    """Whether training calls run the compiled kernels (path ``"compiled"``, or ``"auto"`` before any fallback)."""
+    """Whether training calls on CPU tensors run the compiled kernels (path ``"compiled"``, or ``"auto"`` before any
+    fallback; on CUDA only ``"compiled"`` does, :func:`training_path`)."""
     return _KERNELS["path"] in ("auto", "compiled")
 
 
@@ -419,7 +420,12 @@ def _nhwc(t: torch.Tensor) -> bool:
 
 
 def _to_nhwc(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+    """The NHWC view of a 4-D tensor; a 1–3-D scale is first padded to 4-D on the left (how it broadcasts)."""
+    if t.dim() == 0:
+        return t
+    if t.dim() < 4:
+        t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    return t.permute(0, 2, 3, 1)
 
 
 def _from_nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -437,6 +443,8 @@ def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
 
 def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
     nhwc = _nhwc(x)
+    if nhwc:  # autograd may hand a gradient in another layout; the eager paths return x's
+        grad = grad.contiguous(memory_format=torch.channels_last)
     grad_x, per_element = _compiled("backward")(
         _to_nhwc(grad) if nhwc else grad, _to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
         _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
@@ -472,13 +480,16 @@ def _run(kernel: str, *args):
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """The recompute path: saves only ``x`` and the scale; the backward recomputes the codes (less memory)."""
+    """The recompute path: saves only ``x`` and the scale; the backward recomputes the codes (less memory). With
+    ``eager`` it runs the eager kernels whatever is installed (``"auto"`` off the compiled kernels' ground)."""
 
     @staticmethod
-    def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset):
+    def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset, eager=False):
         ctx.save_for_backward(x, scale)
         ctx.settings = (qmin, qmax, shift, rounding, grad_factor, offset)
-        ctx.grad_mode = grad_mode
+        ctx.grad_mode, ctx.eager = grad_mode, eager
+        if eager:
+            return _eager_forward(x, scale, qmin, qmax, shift, rounding, offset)
         return _run("forward", x, scale, qmin, qmax, shift, rounding, offset)
 
     @staticmethod
@@ -486,9 +497,11 @@ class _FakeQuantize(torch.autograd.Function):
         x, scale = ctx.saved_tensors
         if ctx.grad_mode == "reference":
             grad_x, grad_scale = _reference_backward_kernel(grad_out, x, scale, *ctx.settings)
+        elif ctx.eager:
+            grad_x, grad_scale = _eager_backward(grad_out, x, scale, *ctx.settings)
         else:
             grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings)
-        return grad_x, grad_scale, None, None, None, None, None, None, None
+        return grad_x, grad_scale, None, None, None, None, None, None, None, None
 
 
 def _fused_dtypes(x: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -531,6 +544,7 @@ def fake_quantize(
         return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
     if path == "auto":  # a training call: the compiled kernels on the CPU (on CUDA eager until checked there)
         path = "compiled" if x.device.type == "cpu" else "fused"
+    eager = path in ("fused", "recompute")  # the installed kernels may be compiled ones (auto) where this is not
     if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
         if wants_grad:
             return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)
@@ -539,8 +553,8 @@ def fake_quantize(
                                                            and _fused_dtypes(x, scale)):
         # under autocast: quantize in fp32 (bf16 cannot hold v exactly); the compiled kernels cast inside
         return _FakeQuantize.apply(x.float(), scale.float(), qmin, qmax, shift, rounding, grad_factor, grad_mode,
-                                   offset).to(x.dtype)
-    return _FakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset)
+                                   offset, eager).to(x.dtype)
+    return _FakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset, eager)
 
 
 def quantize_codes(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -62,8 +62,9 @@ class TrainConfig:
                                           # (labkit.train.arithmetic), off elsewhere
     channels_last: bool | None = False    # None: off (labkit.train.arithmetic)
     compile_quant: bool | None = None     # None: the library default (labkit.quant.lsq "auto": torch.compile kernels for
-                                          # training passes where a compiler works, eager with one warning line
-                                          # elsewhere); True: compiled for every call; False: eager fused (same bits)
+                                          # training passes on the CPU where a compiler works, eager with one warning
+                                          # line elsewhere; CUDA eager); True: compiled for every call; False: eager
+                                          # fused (same bits)
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
     supernet: str = "none"                # none | hasb (Hessian-aware roulette, Alg. 1) | uniform (no Hessian)

@@ -153,10 +153,6 @@ def capture_paths(paths=lsq.PATHS) -> dict[str, dict]:
     return tables
 
 
-#: The ``TrainConfig.compile_quant`` that selects each path (labkit.quant.lsq.path_for).
-COMPILE_QUANT_OF = {"auto": None, "compiled": True, "fused": False}
-
-
 def alternative_path(default: str) -> str:
     """The path timed beside the default: the eager fused one beside a compiling default, else the compiled one."""
     return "fused" if default in ("auto", "compiled") else "compiled"
@@ -452,8 +448,9 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
     with tempfile.TemporaryDirectory() as out_dir:
         trainers = {"fp32": training.make_trainer(None, out_dir, batch_size=batch)}
         # each trainer's config names its path (JointTrainer.train_step selects it), matching its kernel table below
+        compile_quant_of = {lsq.path_for(setting): setting for setting in (None, True, False)}
         trainers.update({f"joint{path}": training.make_trainer(BITS, out_dir, batch_size=batch,
-                                                               compile_quant=COMPILE_QUANT_OF[path]) for path in paths})
+                                                               compile_quant=compile_quant_of[path]) for path in paths})
         # what `labkit train --recipe` runs beyond smoke (labkit.train.recipes.FAST_ARITHMETIC): bf16 autocast where
         # the device computes bf16 natively, and its fake-quant path (compiled training kernels where a compiler works)
         trainers.update({name: training.make_trainer(bits, out_dir, batch_size=batch, amp_bf16=None, channels_last=None)
@@ -462,8 +459,7 @@ def joint_trainer_section(quick: bool, threads=THREADS, rounds: int | None = Non
         candidates = {}
         for t in threads:
             for name, trainer in trainers.items():
-                table = tables[recipe_path if name == "jointrecipe" else
-                               name[len("joint"):] if name.startswith("joint") else default]
+                table = tables[lsq.path_for(trainer.config.compile_quant) if trainer.bits else default]
                 candidates[f"{name}_t{t}"] = with_threads(t, on_path(table, lambda trainer=trainer: trainer.train_step(
                     images, labels, indices, epoch=0)))
         timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)

@@ -314,10 +314,7 @@ JS_FIGURE_SIGNATURE = """(el, selector) => JSON.stringify(Array.from(el.querySel
 # before a key press, read after the test saw both change.
 JS_ARM_LATENCY = """(el, [readoutSelector, figureSelector]) => {
   const readout = el.querySelector(readoutSelector);
-  const signature = () => JSON.stringify(Array.from(el.querySelectorAll(figureSelector)).map(fig => [
-    Array.from(fig.querySelectorAll('svg path')).map(p => p.getAttribute('d') || ''),
-    Array.from(fig.querySelectorAll('svg text')).map(t => t.textContent),
-  ]));
+  const signature = () => (""" + JS_FIGURE_SIGNATURE + """)(el, figureSelector);
   const state = {key: null, readout: null, figure: null, text: readout.innerText, signature: signature()};
   window.__labkitLatency = state;
   document.addEventListener('keydown', () => { if (state.key === null) state.key = performance.now(); },
@@ -456,7 +453,7 @@ def _drive_switch_widget(page, notebook: str, readout_pattern: str | None, recor
     if after_figure == before_figure:
         raise AssertionError(f"the readout changed but the figure did not within {FIGURE_CHANGE_S}s "
                              "of the slider move")
-    latencies.append({"move": f"{position} → {moved_to}", **(page.evaluate(JS_READ_LATENCY) or {})})
+    latencies.append({"move": f"{position} → {moved_to}", **_read_latency(page)})
     if readout_pattern and not re.search(readout_pattern, after_text):
         raise AssertionError(f"after the move, the readout {after_text!r} does not match {readout_pattern!r}")
     output.evaluate("el => el.scrollIntoView({block: 'start'})")  # the widget at the top of the shot

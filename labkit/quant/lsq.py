@@ -42,7 +42,7 @@ import warnings
 
 import torch
 
-from labkit.quant.rounding import shift_round_float
+from labkit.quant.rounding import shift_round_float, use_fused_double_round
 
 GRAD_MODES = ("lsq", "reference")
 
@@ -222,8 +222,8 @@ class _FusedFakeQuantize(torch.autograd.Function):
 
 PATHS = ("auto", "fused", "recompute", "compiled")
 """Fake-quant paths: ``"auto"`` (the default: compiled kernels for training calls on CPU tensors where a compiler
-works, the eager fused path otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the codes from ``x``),
-``"compiled"`` (the recompute kernels fused by ``torch.compile``, for every call)."""
+works, the eager fused path otherwise), ``"fused"`` (eager), ``"recompute"`` (eager, the backward recomputes the
+codes from ``x``), ``"compiled"`` (the recompute kernels fused by ``torch.compile``, for every call)."""
 
 
 def _path_from_environment(value: str) -> str:
@@ -249,8 +249,6 @@ _COMPILE_FAILURE: dict[str, str | None] = {"error": None}
 
 def use_fake_quant_path(path: str) -> None:
     """Choose how :func:`fake_quantize` runs (:data:`PATHS`); every path gives the same values bit for bit."""
-    from labkit.quant.rounding import use_fused_double_round
-
     if path not in PATHS:
         raise ValueError(f"path={path!r} is unknown; use one of {list(PATHS)}.")
     if path in ("auto", "compiled"):  # asked for again after a fallback: try the compiler again
@@ -536,14 +534,8 @@ def fake_quantize(
     offset = float(offset)
     path = _KERNELS["path"]
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)
-    if path == "auto" and not wants_grad:  # evaluation, no_grad: eager, whatever the dtypes or grad_mode
-        if grad_mode == "lsq" and _fused_dtypes(x, scale):
-            return _fused_forward(x, scale, qmin, qmax, shift, rounding, offset, False)
-        if x.dtype in (torch.bfloat16, torch.float16):
-            return _forward_kernel(x.float(), scale.float(), qmin, qmax, shift, rounding, offset).to(x.dtype)
-        return _forward_kernel(x, scale, qmin, qmax, shift, rounding, offset)
-    if path == "auto":  # a training call: the compiled kernels on the CPU (on CUDA eager until checked there)
-        path = "compiled" if x.device.type == "cpu" else "fused"
+    if path == "auto":  # training calls on CPU tensors compiled; evaluation, and CUDA until checked there, eager
+        path = "compiled" if wants_grad and x.device.type == "cpu" else "fused"
     eager = path in ("fused", "recompute")  # the installed kernels may be compiled ones (auto) where this is not
     if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
         if wants_grad:

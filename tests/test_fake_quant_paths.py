@@ -4,9 +4,11 @@
 the same gradients, to the last bit (zero signs included), as ``"recompute"`` (whose backward recomputes the codes
 from ``x``; it is what the reference tests in ``test_lsq_reference.py`` and ``test_fair_baselines.py`` were written
 against, and they run on every path), as ``"compiled"`` and as the default ``"auto"`` (compiled kernels for training
-calls on CPU tensors, the eager fused path for evaluation and on CUDA). Inputs are built to hit every boundary: exact
-ties of the first rounding and of the second, codes at and beyond the INT-h and l-bit bounds, far outliers, zeros of
-both signs and infinities.
+calls on CPU tensors, the eager fused path for evaluation and on CUDA). The compiled kernels sum the scale gradient
+inside the kernel in float64 (:func:`labkit.quant.lsq._sum_to_scale`): their output and ``∂/∂x`` are the eager bits,
+their scale gradient is the float64 sum of the eager path's own per-element terms, within one float32 step
+(:func:`assert_compiled_agrees`). Inputs are built to hit every boundary: exact ties of the first rounding and of the
+second, codes at and beyond the INT-h and l-bit bounds, far outliers, zeros of both signs and infinities.
 """
 import os
 import warnings
@@ -64,6 +66,26 @@ def run(path: str, x, scale, qmin, qmax, shift, rounding, offset, grad, grad_fac
     out = fake_quantize(x, scale, qmin, qmax, shift=shift, rounding=rounding, grad_factor=grad_factor, offset=offset)
     grad_x, grad_scale = torch.autograd.grad(out, (x, scale), grad)
     return out, grad_x, grad_scale
+
+
+def scale_gradient_terms(x, scale, qmin, qmax, shift, rounding, offset, grad):
+    """The per-element terms of the scale gradient, from the eager recompute path: with a scale of ``x``'s own shape
+    (every element the value its scale broadcasts to it) and ``grad_factor`` 1 nothing is summed or multiplied."""
+    full = scale.detach().expand(x.shape).clone()
+    return run("recompute", x, full, qmin, qmax, shift, rounding, offset, grad, grad_factor=1.0)[2]
+
+
+def assert_compiled_agrees(compiled, eager, terms, scale, what, grad_factor=0.0137):
+    """The compiled path against an eager one: output and ``∂/∂x`` bit for bit; the scale gradient is the float64 sum
+    of the per-element terms (:func:`scale_gradient_terms`) rounded once to float32, to within one float32 step either
+    way, and the eager float32 sum lies within its own rounding error of the same sum."""
+    for name, a, b in zip(("output", "grad_x"), compiled, eager):
+        assert_same_bits(a, b, f"{what} {name}")
+    wide = terms.to(scale.device).double()
+    reference = wide.sum_to_size(scale.shape).float() * grad_factor
+    torch.testing.assert_close(compiled[2], reference, rtol=2.0 ** -22, atol=0.0, msg=f"{what} grad_scale")
+    spread = wide.abs().sum_to_size(scale.shape).float() * grad_factor  # the size of the terms, for eager's error
+    assert bool(((eager[2] - reference).abs() <= 1e-6 * spread + 1e-7 * reference.abs()).all()), f"{what} eager sum"
 
 
 def upstream_gradient(shape, seed, dtype=torch.float32):
@@ -164,12 +186,16 @@ def test_fused_path_channels_last_and_deterministic_algorithms():
     x_last, grad_last = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
     fused = run("fused", x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
     assert fused[0].is_contiguous(memory_format=torch.channels_last)
+    terms = scale_gradient_terms(x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
     for path in ("recompute", "compiled", "auto"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile failure here would be a failure
             other = run(path, x_last, scale, 0, 15, 0, "half_even", 0.0, grad_last)
-        for name, a, b in zip(("output", "grad_x", "grad_scale"), other, fused):
-            assert_same_bits(a, b, f"channels_last {name}, {path}")
+        if path == "recompute":
+            for name, a, b in zip(("output", "grad_x", "grad_scale"), other, fused):
+                assert_same_bits(a, b, f"channels_last {name}, {path}")
+        else:
+            assert_compiled_agrees(other, fused, terms, scale, f"channels_last, {path}")
         if path != "recompute":  # the compiled kernels keep the layout: no conversion before the next conv
             assert other[0].is_contiguous(memory_format=torch.channels_last), path
             assert other[1].is_contiguous(memory_format=torch.channels_last), path
@@ -200,8 +226,8 @@ def test_compiled_path_keeps_channels_last_weights_and_their_bits(monkeypatch, d
         warnings.simplefilter("error", RuntimeWarning)
         compiled = run("compiled", weight, scale, -8, 7, 4, "half_even", 0.0, grad)
     assert seen == [True, True]
-    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-        assert_same_bits(a, b, f"channels_last weight {name}")
+    terms = scale_gradient_terms(weight, scale, -8, 7, 4, "half_even", 0.0, grad)
+    assert_compiled_agrees(compiled, fused, terms, scale, "channels_last weight")
     assert compiled[0].is_contiguous(memory_format=torch.channels_last)
     assert compiled[1].is_contiguous(memory_format=torch.channels_last)
 
@@ -216,8 +242,8 @@ def test_a_scale_of_fewer_dimensions_broadcasts_the_same_under_channels_last():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         compiled = run("compiled", x, scale, 0, 15, 0, "half_even", 0.0, grad)
-    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-        assert_same_bits(a, b, f"(C, 1, 1) scale {name}")
+    terms = scale_gradient_terms(x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    assert_compiled_agrees(compiled, fused, terms, scale, "(C, 1, 1) scale")
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -300,9 +326,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # scripts/g
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_path_equals_fused_bit_for_bit(device):
-    """The ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction kept
-    eager) give the same bits: every tie rule, Δ = 0 and Δ > 0, the centred offset, a per-tensor activation, and
-    two shapes through one compiled kernel."""
+    """The ``torch.compile`` kernels (shape-generic, the bit-width passed as a tensor, the reduction fused in float64)
+    give the same output and ``∂/∂x`` bits and the float64 sum of the same scale-gradient terms: every tie rule,
+    Δ = 0 and Δ > 0, the centred offset, a per-tensor activation, and two shapes through one compiled kernel."""
     cases = [((8, 3, 3, 3), 0, "half_even", 0.0), ((8, 3, 3, 3), 4, "half_even", 0.0), ((5, 7, 3, 3), 6, "half_even", 0.0),
              ((8, 3, 3, 3), 0, "half_up", 0.0), ((8, 3, 3, 3), 2, "half_up", 0.0),
              ((8, 3, 3, 3), 2, "floor", 0.5 - 2.0 ** -3)]
@@ -316,16 +342,16 @@ def test_compiled_path_equals_fused_bit_for_bit(device):
             warnings.simplefilter("error", RuntimeWarning)  # a compile failure here would be a failure
             compiled = run("compiled", x, scale, qmin, qmax, shift, rounding, offset, grad)
         assert fake_quant_path() == "compiled"
-        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-            assert_same_bits(a, b, f"compiled {name}, shift {shift}, {rounding}, offset {offset}")
+        terms = scale_gradient_terms(x, scale, qmin, qmax, shift, rounding, offset, grad)
+        assert_compiled_agrees(compiled, fused, terms, scale, f"compiled, shift {shift}, {rounding}, offset {offset}")
     scale = torch.tensor(0.0213)
     x = boundary_values(scale, (4, 6, 5, 5), 0, seed=3).abs().to(device)
     grad, scale = upstream_gradient((4, 6, 5, 5), 3).to(device), scale.to(device)
     for bits in (8, 2):
         fused = run("fused", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
         compiled = run("compiled", x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
-        for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-            assert_same_bits(a, b, f"compiled activation {name}, {bits} bits")
+        terms = scale_gradient_terms(x, scale, 0, (1 << bits) - 1, 0, "half_even", 0.0, grad)
+        assert_compiled_agrees(compiled, fused, terms, scale, f"compiled activation, {bits} bits")
 
 
 def test_compile_failure_falls_back_to_eager_with_one_line(monkeypatch):
@@ -404,8 +430,9 @@ def test_default_path_compiles_training_calls_only(monkeypatch):
         got = run("auto", x, scale, -32, 31, 2, "half_even", 0.0, grad)
     assert calls == [("forward", torch.float32), ("backward", torch.float32)]
     assert fake_quant_path() == "auto" and lsq.compile_error() is None
-    for name, a, b in zip(("output", "grad_x", "grad_scale"), got, expected):
-        assert_same_bits(a, b, f"auto {name}")
+    terms = scale_gradient_terms(x, scale, -32, 31, 2, "half_even", 0.0, grad)
+    use_fake_quant_path("auto")
+    assert_compiled_agrees(got, expected, terms, scale, "auto")
     with torch.no_grad():
         evaluated = fake_quantize(x, scale, -32, 31, shift=2)
         reference_mode = fake_quantize(x, scale, -32, 31, shift=2, grad_mode="reference")
@@ -466,8 +493,8 @@ def test_compiled_kernels_take_low_precision_inputs_with_the_fused_paths_bits(mo
         compiled = run(path, x, scale, low, high, shift, rounding, offset, grad)
     assert calls == [("forward", dtype), ("backward", dtype)]  # the kernels saw the bf16/fp16 tensor itself
     assert compiled[0].dtype == dtype and compiled[1].dtype == dtype and compiled[2].dtype == torch.float32
-    for name, a, b in zip(("output", "grad_x", "grad_scale"), compiled, fused):
-        assert_same_bits(a, b, f"{path} {dtype} {name}, shift {shift}, {rounding}")
+    terms = scale_gradient_terms(x, scale, low, high, shift, rounding, offset, grad)
+    assert_compiled_agrees(compiled, fused, terms, scale, f"{path} {dtype}, shift {shift}, {rounding}")
 
 
 def test_a_compiler_failure_between_forward_and_backward_keeps_low_precision_bits(monkeypatch):
@@ -520,3 +547,18 @@ def test_a_bad_input_raises_its_own_error_and_keeps_the_compiled_path():
         with pytest.raises(RuntimeError, match="must match the size"):
             fake_quantize(weight, torch.full((4, 1, 1, 1), 0.01), -128, 127)
     assert fake_quant_path() == "compiled" and lsq.compile_error() is None
+
+
+def test_compiled_scale_gradient_of_a_large_activation_is_the_float64_sum():
+    """On an activation of 2^19 elements (one scale) the compiled kernel's fused reduction is the float64 sum of the
+    terms within one float32 step; the eager float32 cascade sum is within its own rounding error of it."""
+    scale = torch.tensor(0.031)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand((128, 16, 16, 16), generator=gen).mul(0.6)
+    grad = torch.randn((128, 16, 16, 16), generator=gen)
+    fused = run("fused", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        compiled = run("compiled", x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    terms = scale_gradient_terms(x, scale, 0, 15, 0, "half_even", 0.0, grad)
+    assert_compiled_agrees(compiled, fused, terms, scale, "large activation")

@@ -16,14 +16,17 @@ backward (Eq. 13–14, clipped straight-through estimator):
 - the scale gradient is summed to the scale's shape (per channel or per tensor) and multiplied by the
   LSQ gradient scale ``g`` (:func:`lsq_grad_scale`).
 
-Four paths compute the same values bit for bit (:func:`use_fake_quant_path`). ``"auto"`` (the default) runs a
+Four paths compute the same quantized values and input gradients bit for bit (:func:`use_fake_quant_path`); the eager
+paths also the same scale gradients, and the compiled kernels, which sum the scale gradient inside the kernel in
+float64 (:func:`_sum_to_scale`), the float64 sum of the same per-element terms rounded to float32 (it differs from the
+eager float32 sum within that sum's rounding error, ~1e-7 relative). ``"auto"`` (the default) runs a
 training call (gradients wanted) on CPU tensors on the ``"compiled"`` kernels where a compiler works, and everything
 else (evaluation, ``no_grad``, and CUDA tensors until ``scripts/gpu_check.sh`` has compared the bits there) on the
 eager ``"fused"`` path; where no compiler works, the first training call says so in one warning line and
 ``"fused"`` takes over. ``"fused"`` computes the output, the scale-gradient residual and the mask in one
 forward, so the backward is two elementwise passes and the reduction; ``"recompute"`` saves only ``x`` and recomputes
 the codes in the backward (less memory); ``"compiled"`` runs the recompute formulas as ``torch.compile`` kernels, for
-every call, and takes a bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
+every call (the backward one pass over ``grad`` and ``x`` with the reduction fused in), and takes a bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
 ``benchmarks/README.md`` (group ``speed_fakequant``) times every path against PyTorch's learnable fused ops.
 ``LABKIT_COMPILE=0`` in the environment makes ``"fused"`` the default, ``LABKIT_COMPILE=1`` ``"compiled"``.
 
@@ -248,7 +251,8 @@ _COMPILE_FAILURE: dict[str, str | None] = {"error": None}
 
 
 def use_fake_quant_path(path: str) -> None:
-    """Choose how :func:`fake_quantize` runs (:data:`PATHS`); every path gives the same values bit for bit."""
+    """Choose how :func:`fake_quantize` runs (:data:`PATHS`); every path gives the same quantized values and input
+    gradients bit for bit (the scale gradient: see the module docstring)."""
     if path not in PATHS:
         raise ValueError(f"path={path!r} is unknown; use one of {list(PATHS)}.")
     if path in ("auto", "compiled"):  # asked for again after a fallback: try the compiler again
@@ -269,8 +273,9 @@ def use_compile(enabled: bool = True) -> None:
     """Run every fake-quant forward/backward (and :func:`double_round`) as ``torch.compile``-fused kernels.
 
     Compiling costs seconds on first use per kernel variant (not per shape or bit-width: the kernels are
-    shape-generic; inductor's disk cache makes later processes faster), then runs the op in one fused loop. Results
-    are the same bit for bit (the reduction of the scale gradient stays eager). Where no compiler works, the first
+    shape-generic; inductor's disk cache makes later processes faster), then runs the op in one fused loop. Outputs
+    and input gradients are the same bit for bit; the scale gradient is summed inside the kernel in float64 (the
+    module docstring). Where no compiler works, the first
     call says so in one warning line and the eager fused path takes over. ``use_compile(False)`` selects the eager
     fused path; ``use_fake_quant_path("auto")`` returns to the default.
     """
@@ -365,9 +370,24 @@ def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, ce
     return out.to(x.dtype) if low else out
 
 
+def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``per_element`` summed to the scale's shape (over the dimensions the scale broadcasts along), accumulated in
+    float64 and returned in the scale's dtype: inside a compiled kernel the sum is fused into the loop that computes the
+    terms, whose float32 accumulators (one per vector lane and thread, each over ~10⁵ terms) would lose ~300× more
+    than ATen's cascade sum (measured relative error 6e-5 against 2e-7 at one thread on 2M terms; float64: 1e-8)."""
+    lead = per_element.dim() - scale.dim()
+    dims = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(scale.shape)
+                                      if size == 1 and per_element.shape[lead + i] != 1)
+    total = per_element.to(torch.float64)
+    if dims:
+        total = total.sum(dim=dims, keepdim=True)
+    return total.reshape(scale.shape).to(scale.dtype)
+
+
 def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
-    """:func:`_backward_kernel` up to the reduction: (grad_x in ``x``'s dtype, per-element scale gradient in the
-    scale's), for ``torch.compile``."""
+    """:func:`_backward_kernel` for ``torch.compile``: (grad_x in ``x``'s dtype, the scale gradient before the factor
+    ``g``). The reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms are never
+    written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``."""
     low = _low_precision(x, scale)
     v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)
@@ -379,7 +399,7 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     if centred:
         codes = codes + settings[6]
     per_element = (codes * settings[3] - v.masked_fill(outside, 0.0)) * (grad.to(scale.dtype) if low else grad)
-    return grad.masked_fill(outside, 0.0), per_element
+    return grad.masked_fill(outside, 0.0), _sum_to_scale(per_element, scale)
 
 
 def _eager_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
@@ -430,9 +450,17 @@ def _from_nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached: a plain tensor that needs no gradient, the same for every call. Dynamo compiles a parameter's
+    shape in statically and guards on ``requires_grad`` and a view's base, so a weight passed as it is would get one
+    kernel per shape and bit-width, and every call would check the guards of each kernel in turn."""
+    return t.detach()
+
+
 def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
     """The compiled forward; a channels_last ``x`` goes in as its contiguous NHWC view and comes back channels_last
     (the compiled kernels write contiguous outputs, which would cost the next conv a layout conversion)."""
+    x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     out = _compiled("forward")(_to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
                                _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
@@ -440,15 +468,18 @@ def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
 
 
 def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
+    x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     if nhwc:  # autograd may hand a gradient in another layout; the eager paths return x's
         grad = grad.contiguous(memory_format=torch.channels_last)
-    grad_x, per_element = _compiled("backward")(
+    grad_x, grad_scale = _compiled("backward")(
         _to_nhwc(grad) if nhwc else grad, _to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
         _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
     if nhwc:  # back to NCHW shapes with channels_last strides, as the eager paths give them
-        grad_x, per_element = _from_nhwc(grad_x), _from_nhwc(per_element)
-    return grad_x, per_element.sum_to_size(scale.shape) * grad_factor
+        grad_x = _from_nhwc(grad_x)
+        if scale.dim():
+            grad_scale = _from_nhwc(grad_scale).reshape(scale.shape)
+    return grad_x, grad_scale * grad_factor
 
 
 def _compile_failed(error: Exception) -> None:

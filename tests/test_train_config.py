@@ -236,7 +236,7 @@ def test_recipes_use_the_fast_arithmetic_except_at_the_smoke_profile():
     for name in list_recipes():
         smoke = recipe_config(name, "smoke")
         assert (smoke.amp_bf16, smoke.channels_last, smoke.compile_quant) == (False, False, False), name
-        for profile in ("laptop", "paper"):  # compiled fake-quant where a compiler works (the same bits)
+        for profile in ("laptop", "paper"):  # compiled fake-quant where a compiler works
             config = recipe_config(name, profile)
             assert (config.amp_bf16, config.channels_last, config.compile_quant) == (None, None, None), (name, profile)
     assert parse_override("compile_quant=none") == ("compile_quant", None)

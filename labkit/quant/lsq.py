@@ -16,17 +16,20 @@ backward (Eq. 13–14, clipped straight-through estimator):
 - the scale gradient is summed to the scale's shape (per channel or per tensor) and multiplied by the
   LSQ gradient scale ``g`` (:func:`lsq_grad_scale`).
 
-Four paths compute the same quantized values and input gradients bit for bit (:func:`use_fake_quant_path`); the eager
-paths also the same scale gradients, and the compiled kernels, which sum the scale gradient inside the kernel in
-float64 (:func:`_sum_to_scale`), the float64 sum of the same per-element terms rounded to float32 (it differs from the
-eager float32 sum within that sum's rounding error, ~1e-7 relative). ``"auto"`` (the default) runs a
+Four paths compute the same quantized values and input gradients bit for bit (:func:`use_fake_quant_path`). The eager
+paths also give the same scale gradients. The compiled kernels sum an fp32 ``x``'s scale gradient inside the kernel in
+float64 (:func:`_sum_to_scale`): the float64 sum of the same per-element terms, rounded once to float32, which differs
+from the eager float32 sum by that sum's own rounding error (~1e-7 of the terms' absolute sum); for a bf16/fp16 ``x``
+they return the terms and ATen sums them, as on the eager paths (the same bits). So a seeded fp32 run on the compiled
+kernels follows the eager run to float rounding, not bit for bit. ``"auto"`` (the default) runs a
 training call (gradients wanted) on CPU tensors on the ``"compiled"`` kernels where a compiler works, and everything
 else (evaluation, ``no_grad``, and CUDA tensors until ``scripts/gpu_check.sh`` has compared the bits there) on the
 eager ``"fused"`` path; where no compiler works, the first training call says so in one warning line and
 ``"fused"`` takes over. ``"fused"`` computes the output, the scale-gradient residual and the mask in one
 forward, so the backward is two elementwise passes and the reduction; ``"recompute"`` saves only ``x`` and recomputes
 the codes in the backward (less memory); ``"compiled"`` runs the recompute formulas as ``torch.compile`` kernels, for
-every call (the backward one pass over ``grad`` and ``x`` with the reduction fused in), and takes a bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
+every call (for fp32 the backward is one pass over ``grad`` and ``x`` with the reduction fused in), and takes a
+bf16/fp16 ``x`` as it is (the casts to the scale's fp32 and back happen inside the kernel).
 ``benchmarks/README.md`` (group ``speed_fakequant``) times every path against PyTorch's learnable fused ops.
 ``LABKIT_COMPILE=0`` in the environment makes ``"fused"`` the default, ``LABKIT_COMPILE=1`` ``"compiled"``.
 
@@ -274,7 +277,7 @@ def use_compile(enabled: bool = True) -> None:
 
     Compiling costs seconds on first use per kernel variant (not per shape or bit-width: the kernels are
     shape-generic; inductor's disk cache makes later processes faster), then runs the op in one fused loop. Outputs
-    and input gradients are the same bit for bit; the scale gradient is summed inside the kernel in float64 (the
+    and input gradients are the same bit for bit; an fp32 scale gradient is summed inside the kernel in float64 (the
     module docstring). Where no compiler works, the first
     call says so in one warning line and the eager fused path takes over. ``use_compile(False)`` selects the eager
     fused path; ``use_fake_quant_path("auto")`` returns to the default.
@@ -372,8 +375,8 @@ def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, ce
 
 def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``per_element`` summed to the scale's shape (over the dimensions the scale broadcasts along), accumulated in
-    float64 and returned in the scale's dtype: inside a compiled kernel the sum is fused into the loop that computes the
-    terms, whose float32 accumulators (one per vector lane and thread, each over ~10⁵ terms) would lose ~300× more
+    float64 and returned in the scale's dtype. Inside a compiled kernel the sum is fused into the loop that computes the
+    terms; float32 accumulators there (one per vector lane and thread, each over ~10⁵ terms) would lose ~300× more
     than ATen's cascade sum (measured relative error 6e-5 against 2e-7 at one thread on 2M terms; float64: 1e-8)."""
     lead = per_element.dim() - scale.dim()
     dims = tuple(range(lead)) + tuple(lead + i for i, size in enumerate(scale.shape)
@@ -386,8 +389,11 @@ def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 
 def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
     """:func:`_backward_kernel` for ``torch.compile``: (grad_x in ``x``'s dtype, the scale gradient before the factor
-    ``g``). The reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms are never
-    written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``."""
+    ``g``). For an fp32 ``x`` the reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms
+    are never written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``. For a bf16/fp16 ``x`` the kernel
+    returns the fp32 terms instead, for ATen to sum: there the fused float64 reduction measured slower (joint step
+    under bf16 autocast, 2 threads: 1.36 against 1.29 × four FP32 steps, side by side), and the sum keeps the eager
+    paths' bits."""
     low = _low_precision(x, scale)
     v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)
@@ -399,7 +405,7 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     if centred:
         codes = codes + settings[6]
     per_element = (codes * settings[3] - v.masked_fill(outside, 0.0)) * (grad.to(scale.dtype) if low else grad)
-    return grad.masked_fill(outside, 0.0), _sum_to_scale(per_element, scale)
+    return grad.masked_fill(outside, 0.0), per_element if low else _sum_to_scale(per_element, scale)
 
 
 def _eager_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
@@ -477,8 +483,10 @@ def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor,
         _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
     if nhwc:  # back to NCHW shapes with channels_last strides, as the eager paths give them
         grad_x = _from_nhwc(grad_x)
-        if scale.dim():
-            grad_scale = _from_nhwc(grad_scale).reshape(scale.shape)
+    if _low_precision(x, scale):  # the kernel returned the per-element terms: ATen sums them, as on the eager paths
+        return grad_x, (_from_nhwc(grad_scale) if nhwc else grad_scale).sum_to_size(scale.shape) * grad_factor
+    if nhwc and scale.dim():
+        grad_scale = _from_nhwc(grad_scale).reshape(scale.shape)
     return grad_x, grad_scale * grad_factor
 
 
@@ -488,7 +496,7 @@ def _compile_failed(error: Exception) -> None:
     _COMPILE_FAILURE["error"] = f"{type(error).__name__}: {message[0] if message else ''}"[:300]
     use_fake_quant_path("fused")
     warnings.warn(f"labkit.quant: torch.compile is unavailable here ({_COMPILE_FAILURE['error']}); fake-quant runs "
-                  "on the eager fused path (same results).", RuntimeWarning, stacklevel=3)
+                  "on the eager fused path (the same values, to float rounding).", RuntimeWarning, stacklevel=3)
 
 
 def _run(kernel: str, *args):
@@ -526,7 +534,8 @@ class _FakeQuantize(torch.autograd.Function):
         x, scale = ctx.saved_tensors
         if ctx.grad_mode == "reference":
             grad_x, grad_scale = _reference_backward_kernel(grad_out, x, scale, *ctx.settings)
-        elif ctx.eager:
+        elif ctx.eager or torch.is_grad_enabled():  # create_graph: the eager kernels, whose backward is differentiable
+            # (the compiled kernels take x and the scale detached)
             grad_x, grad_scale = _eager_backward(grad_out, x, scale, *ctx.settings)
         else:
             grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings)

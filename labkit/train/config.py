@@ -64,7 +64,7 @@ class TrainConfig:
     compile_quant: bool | None = None     # None: the library default (labkit.quant.lsq "auto": torch.compile kernels for
                                           # training passes on the CPU where a compiler works, eager with one warning
                                           # line elsewhere; CUDA eager); True: compiled for every call; False: eager
-                                          # fused (same bits)
+                                          # fused (the same values, to float rounding)
     label_smoothing: float = 0.0
     image_size: int = 224                 # ImageNet-style data only
     supernet: str = "none"                # none | hasb (Hessian-aware roulette, Alg. 1) | uniform (no Hessian)

@@ -142,7 +142,7 @@ RECIPES["cifar10-resnet20-uniform"] = {
 #: are the same on every CPU; the reproduction suite pins fp32 too (labkit.reproduction.SUITE_BUDGET).
 #: ``compile_quant=None`` (TrainConfig's default, the library's "auto" path): the fake-quant forward and backward of
 #: the training passes on the CPU run as torch.compile kernels where a compiler works, CUDA stays eager for now
-#: (labkit.quant.lsq; the same bits as the eager fused path, tests/test_fake_quant_paths.py), after a warm-up of a
+#: (labkit.quant.lsq; the eager fused path's values to float rounding, tests/test_fake_quant_paths.py), after a warm-up of a
 #: few seconds per process; where none works, one warning line and the eager path. Through JointTrainer it took the joint {8,6,4,2} step from 1.23 (eager fused)
 #: to 1.17 × four FP32 steps, side by side (1 thread, quiet machine, 2026-12-01, benchmarks/results.json).
 FAST_ARITHMETIC = {"amp_bf16": None, "channels_last": None, "compile_quant": None}

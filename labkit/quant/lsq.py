@@ -19,8 +19,9 @@ backward (Eq. 13–14, clipped straight-through estimator):
 Four paths compute the same quantized values and input gradients bit for bit (:func:`use_fake_quant_path`). The eager
 paths also give the same scale gradients. The compiled kernels sum an fp32 ``x``'s scale gradient inside the kernel in
 float64 (:func:`_sum_to_scale`): the float64 sum of the same per-element terms, rounded once to float32, which differs
-from the eager float32 sum by that sum's own rounding error (~1e-7 of the terms' absolute sum); for a bf16/fp16 ``x``
-they return the terms and ATen sums them, as on the eager paths (the same bits). So a seeded fp32 run on the compiled
+from the eager float32 sum by that sum's own rounding error (~1e-7 of the terms' absolute sum; an fp64 ``x``'s is a
+float64 sum in another order); for a bf16/fp16 ``x`` they return the terms and ATen sums them, as on the eager paths
+(the same bits). So a seeded fp32 run on the compiled
 kernels follows the eager run to float rounding, not bit for bit. ``"auto"`` (the default) runs a
 training call (gradients wanted) on CPU tensors on the ``"compiled"`` kernels where a compiler works, and everything
 else (evaluation, ``no_grad``, and CUDA tensors until ``scripts/gpu_check.sh`` has compared the bits there) on the

@@ -21,8 +21,8 @@ paths also give the same scale gradients. The compiled kernels sum an fp32 ``x``
 float64 (:func:`_sum_to_scale`): the float64 sum of the same per-element terms, rounded once to float32, which differs
 from the eager float32 sum by that sum's own rounding error (~1e-7 of the terms' absolute sum; an fp64 ``x``'s is a
 float64 sum in another order); for a bf16/fp16 ``x`` they return the terms and ATen sums them, as on the eager paths
-(the same bits). So a seeded fp32 run on the compiled
-kernels follows the eager run to float rounding, not bit for bit. ``"auto"`` (the default) runs a
+(the same bits). So a seeded fp32 run on the compiled kernels follows the eager run to float rounding, not bit for
+bit. ``"auto"`` (the default) runs a
 training call (gradients wanted) on CPU tensors on the ``"compiled"`` kernels where a compiler works, and everything
 else (evaluation, ``no_grad``, and CUDA tensors until ``scripts/gpu_check.sh`` has compared the bits there) on the
 eager ``"fused"`` path; where no compiler works, the first training call says so in one warning line and
@@ -392,9 +392,9 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     """:func:`_backward_kernel` for ``torch.compile``: (grad_x in ``x``'s dtype, the scale gradient before the factor
     ``g``). For an fp32 ``x`` the reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms
     are never written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``. For a bf16/fp16 ``x`` the kernel
-    returns the fp32 terms instead, for ATen to sum: there the fused float64 reduction measured slower (joint step
-    under bf16 autocast, 2 threads: 1.36 against 1.29 × four FP32 steps, side by side), and the sum keeps the eager
-    paths' bits."""
+    returns the fp32 terms instead, for ATen to sum, which keeps the eager paths' bits; the fused float64 reduction
+    gave no speed-up there (joint step under bf16 autocast, 2 threads, medians of two interleaved runs: 1.39 and 1.36
+    against 1.32 and 1.29 × four FP32 steps; no paired interval, so not resolved)."""
     low = _low_precision(x, scale)
     v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)

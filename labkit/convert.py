@@ -159,6 +159,10 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
     for name, source_layer in plan["bn_sources"].items():
         bn = model.get_submodule(name)
         _set_submodule(model, name, SwitchableBatchNorm2d.from_float(bn, options["bits"], source=source_layer))
+    if plan.get("absorb_relu", True):  # plans of older checkpoints have no entry: they get the default
+        from labkit.relu_absorption import absorb_relus
+
+        absorb_relus(model)
     model.labkit_quant = copy.deepcopy(plan)
     return model.train(model.training)  # new modules take the model's train/eval mode
 
@@ -166,7 +170,7 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
 def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_rounding", *,
                    rounding: str = "half_even", keep_first_last: bool = True, example_input=None,
                    grad_mode: str = "lsq", act_init: str = "lsq", weight_init: str = "auto",
-                   inplace: bool = False) -> nn.Module:
+                   inplace: bool = False, absorb_relu: bool = True) -> nn.Module:
     """A multi-precision copy of ``model``: conv/linear layers quantized, batch norms switchable.
 
     Args:
@@ -191,9 +195,13 @@ def quantize_model(model: nn.Module, bits=(8, 6, 4, 2), method: str = "double_ro
             (the per-channel step of least squared error at each bit-width) or ``"lsq"`` (LSQ's
             ``2 · mean|W| / sqrt(Q_P)``).
         inplace: modify ``model`` itself instead of a deep copy.
+        absorb_relu: let a ReLU whose output only one quantized layer reads run inside that layer's activation
+            quantizer (:mod:`labkit.relu_absorption`: the same values and gradients, a faster training step); False
+            keeps every ReLU a module of its own (e.g. for a forward hook on it).
     """
     plan = plan_quantization(model, bits, method, rounding, keep_first_last, example_input, grad_mode, act_init,
                              weight_init)
+    plan["absorb_relu"] = bool(absorb_relu)
     target = model if inplace else copy.deepcopy(model)
     if hasattr(model, "labkit_arch"):
         target.labkit_arch = copy.deepcopy(model.labkit_arch)

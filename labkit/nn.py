@@ -192,3 +192,18 @@ class TransitionalBatchNorm2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.num_features}, bits=({self.previous_bits}→{self.bits}) of {list(self.bit_set)}, "
                 f"source={self.source!r}, predecessor={self.predecessor!r}")
+
+
+class AbsorbedReLU(nn.Identity):
+    """Where a ReLU was: its work runs inside the activation quantizer of ``into`` (:mod:`labkit.relu_absorption`).
+
+    An identity: it passes the ReLU's input on, and ``into``'s quantizer computes ``relu`` with the same values and
+    gradients. A forward hook here sees that input, not a ReLU's output.
+    """
+
+    def __init__(self, into: str):
+        super().__init__()
+        self.into = into
+
+    def extra_repr(self) -> str:
+        return f"runs inside {self.into}.act_quantizer"

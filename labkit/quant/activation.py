@@ -13,6 +13,9 @@ the tails are clipped on data that is not centred on 0. (With the LSQ rule the o
 ``init="dorefa"`` is Any-Precision DNN's activation quantizer (DoReFa-Net's, METHOD.md §7), not an initialisation
 of a learned scale: ``X̂ = round((2^b − 1) · clamp(X, 0, 1)) / (2^b − 1)`` with a straight-through round, i.e. the
 same fake-quantizer on ``clamp(X, 0, 1)`` with the step fixed at ``1 / (2^b − 1)``, not trained (unsigned inputs).
+
+``relu_first`` (set by ``quantize_model``, :mod:`labkit.relu_absorption`) means the input is the *input* of a ReLU
+whose output only this quantizer reads: the quantizer computes that ReLU itself, with the same values and gradients.
 """
 from __future__ import annotations
 
@@ -33,6 +36,9 @@ def _world_size() -> int:
 
 class ActivationQuantizer(nn.Module):
     """Per-bit LSQ activation quantizer, unsigned (after ReLU) or signed with a learned offset."""
+
+    #: The input is a ReLU's input, and the ReLU runs inside the fake-quant (set by :mod:`labkit.relu_absorption`).
+    relu_first = False
 
     def __init__(self, bits=(8, 6, 4, 2), signed: bool = False, init: str = "lsq"):
         super().__init__()
@@ -115,7 +121,22 @@ class ActivationQuantizer(nn.Module):
         self.scale[str(bits)].copy_(scale.clamp_min(1e-8))
         self.initialized[index] = True
 
+    def can_absorb_relu(self) -> bool:
+        """Whether a ReLU before this quantizer can run inside it: unsigned LSQ codes (a learned scale, no clamp
+        to [0, 1] first)."""
+        return not self.signed and self.init in ("lsq", "percentile")
+
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        if self.relu_first:
+            if not self.can_absorb_relu():
+                raise RuntimeError(f"relu_first is set on an activation quantizer with signed={self.signed}, "
+                                   f"init={self.init!r}; only unsigned LSQ quantizers take a ReLU in. Set "
+                                   "relu_first = False and put the ReLU back.")
+            if not self.is_initialized(bits):
+                self.initialize(torch.relu(x), bits)
+            qmin, qmax = int_range(bits, signed=False)
+            grad_factor = lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
+            return fake_quantize(x, self.scale[str(bits)], qmin, qmax, grad_factor=grad_factor, relu_first=True)
         if self.init == "dorefa":  # clamp first, as DoReFa does: no gradient above 1 (not even within half a step)
             x = x.clamp(0.0, 1.0)
         if not self.is_initialized(bits):
@@ -130,4 +151,5 @@ class ActivationQuantizer(nn.Module):
         return fake_quantize(x - offset, scale, qmin, qmax, grad_factor=grad_factor) + offset
 
     def extra_repr(self) -> str:
-        return f"bits={list(self.bit_set)}, signed={self.signed}, init={self.init!r}"
+        relu = ", relu_first=True" if self.relu_first else ""
+        return f"bits={list(self.bit_set)}, signed={self.signed}, init={self.init!r}{relu}"

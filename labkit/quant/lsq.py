@@ -360,12 +360,15 @@ def _low_precision(x: torch.Tensor, scale: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) and scale.dtype != x.dtype
 
 
-def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool):
+def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool, relu_first: bool = False):
     """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``.
 
     A bf16/fp16 ``x`` is quantized in the scale's precision and the result returned in ``x``'s dtype, as on the fused
-    path: the casts are fused into the kernel instead of two passes around it."""
+    path: the casts are fused into the kernel instead of two passes around it. With ``relu_first`` the kernel
+    quantizes ``relu(x)`` (:func:`fake_quantize`'s ``relu_first``): the ReLU is one more operation in the same loop."""
     low = _low_precision(x, scale)
+    if relu_first:
+        x = torch.relu(x)
     first = torch.round((x.to(scale.dtype) if low else x) * scale.reciprocal())
     codes = torch.clamp(_round_scaled(first * settings[2], rounding) if shifted else first, settings[0], settings[1])
     if centred:
@@ -388,14 +391,22 @@ def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     return total.reshape(scale.shape).to(scale.dtype)
 
 
-def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool):
+def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool,
+                             relu_first: bool = False):
     """:func:`_backward_kernel` for ``torch.compile``: (grad_x in ``x``'s dtype, the scale gradient before the factor
     ``g``). For an fp32 ``x`` the reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms
     are never written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``. For a bf16/fp16 ``x`` the kernel
     returns the fp32 terms instead, for ATen to sum, which keeps the eager paths' bits; the fused float64 reduction
     gave no speed-up there (joint step under bf16 autocast, 2 threads, medians of two interleaved runs: 1.39 and 1.36
-    against 1.32 and 1.29 × four FP32 steps; no paired interval, so not resolved)."""
+    against 1.32 and 1.29 × four FP32 steps; no paired interval, so not resolved).
+
+    With ``relu_first`` ``x`` is the ReLU's input: the terms are those of ``relu(x)``, and ∂/∂x is also 0 where
+    ``x ≤ 0``, as ReLU's own backward (``threshold_backward``) sets it."""
     low = _low_precision(x, scale)
+    below = None
+    if relu_first:
+        below = x <= 0
+        x = torch.relu(x)
     v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)
     unclipped = _round_scaled(first * settings[2], rounding) if shifted else first
@@ -406,7 +417,8 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     if centred:
         codes = codes + settings[6]
     per_element = (codes * settings[3] - v.masked_fill(outside, 0.0)) * (grad.to(scale.dtype) if low else grad)
-    return grad.masked_fill(outside, 0.0), per_element if low else _sum_to_scale(per_element, scale)
+    grad_x = grad.masked_fill(outside if below is None else outside | below, 0.0)
+    return grad_x, per_element if low else _sum_to_scale(per_element, scale)
 
 
 def _eager_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
@@ -423,6 +435,19 @@ def _eager_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, of
     grad_x, grad_scale = _backward_kernel(grad.to(scale.dtype), x.to(scale.dtype), scale, qmin, qmax, shift,
                                           rounding, grad_factor, offset)
     return grad_x.to(x.dtype), grad_scale
+
+
+def _eager_kernel(kernel: str, args: tuple, relu_first: bool):
+    """The eager forward or backward on ``args``; with ``relu_first`` on ``relu(x)``, the backward's ∂/∂x then also
+    masked where ``x ≤ 0`` as ReLU's own backward masks it (so the values are those of a separate ReLU, bit for bit)."""
+    if kernel == "forward":
+        x, *rest = args
+        return _eager_forward(torch.relu(x) if relu_first else x, *rest)
+    grad, x, *rest = args
+    grad_x, grad_scale = _eager_backward(grad, torch.relu(x) if relu_first else x, *rest)
+    if relu_first:
+        grad_x = grad_x.masked_fill(x <= 0, 0.0)
+    return grad_x, grad_scale
 
 
 def _compiled(name: str):
@@ -464,24 +489,25 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
-def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0):
+def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0, relu_first=False):
     """The compiled forward; a channels_last ``x`` goes in as its contiguous NHWC view and comes back channels_last
     (the compiled kernels write contiguous outputs, which would cost the next conv a layout conversion)."""
     x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     out = _compiled("forward")(_to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
-                               _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
+                               _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset),
+                               relu_first)
     return _from_nhwc(out) if nhwc else out
 
 
-def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0):
+def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0, relu_first=False):
     x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     if nhwc:  # autograd may hand a gradient in another layout; the eager paths return x's
         grad = grad.contiguous(memory_format=torch.channels_last)
     grad_x, grad_scale = _compiled("backward")(
         _to_nhwc(grad) if nhwc else grad, _to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
-        _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset))
+        _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset), relu_first)
     if nhwc:  # back to NCHW shapes with channels_last strides, as the eager paths give them
         grad_x = _from_nhwc(grad_x)
     if _low_precision(x, scale):  # the kernel returned the per-element terms: ATen sums them, as on the eager paths
@@ -500,35 +526,37 @@ def _compile_failed(error: Exception) -> None:
                   "on the eager fused path (the same values, to float rounding).", RuntimeWarning, stacklevel=3)
 
 
-def _run(kernel: str, *args):
+def _run(kernel: str, *args, relu_first: bool = False):
     """Call the installed forward/backward kernel; a compiled one that fails falls back to eager for good.
 
     The eager kernel runs first on the same arguments: where it fails too, the input is at fault (a shape that does not
     broadcast, ...), so its own error is raised and the compiled path stays."""
     function = _KERNELS[kernel]
     if function not in (_compiled_forward, _compiled_backward):
-        return function(*args)
+        return _eager_kernel(kernel, args, relu_first) if relu_first else function(*args)
     try:
-        return function(*args)
+        return function(*args, relu_first=relu_first)
     except Exception as error:  # no working compiler (no C++ toolchain, unsupported platform, ...), or a bad input
         failure = error
-    result = (_eager_forward if kernel == "forward" else _eager_backward)(*args)
+    result = _eager_kernel(kernel, args, relu_first)
     _compile_failed(failure)
     return result
 
 
 class _FakeQuantize(torch.autograd.Function):
     """The recompute path: saves only ``x`` and the scale; the backward recomputes the codes (less memory). With
-    ``eager`` it runs the eager kernels whatever is installed (``"auto"`` off the compiled kernels' ground)."""
+    ``eager`` it runs the eager kernels whatever is installed (``"auto"`` off the compiled kernels' ground); with
+    ``relu_first`` (compiled kernels, lsq gradients only) ``x`` is the ReLU's input (:func:`fake_quantize`)."""
 
     @staticmethod
-    def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset, eager=False):
+    def forward(ctx, x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset, eager=False,
+                relu_first=False):
         ctx.save_for_backward(x, scale)
         ctx.settings = (qmin, qmax, shift, rounding, grad_factor, offset)
-        ctx.grad_mode, ctx.eager = grad_mode, eager
+        ctx.grad_mode, ctx.eager, ctx.relu_first = grad_mode, eager, relu_first
         if eager:
-            return _eager_forward(x, scale, qmin, qmax, shift, rounding, offset)
-        return _run("forward", x, scale, qmin, qmax, shift, rounding, offset)
+            return _eager_kernel("forward", (x, scale, qmin, qmax, shift, rounding, offset), relu_first)
+        return _run("forward", x, scale, qmin, qmax, shift, rounding, offset, relu_first=relu_first)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -537,10 +565,10 @@ class _FakeQuantize(torch.autograd.Function):
             grad_x, grad_scale = _reference_backward_kernel(grad_out, x, scale, *ctx.settings)
         elif ctx.eager or torch.is_grad_enabled():  # create_graph: the eager kernels, whose backward is differentiable
             # (the compiled kernels take x and the scale detached)
-            grad_x, grad_scale = _eager_backward(grad_out, x, scale, *ctx.settings)
+            grad_x, grad_scale = _eager_kernel("backward", (grad_out, x, scale, *ctx.settings), ctx.relu_first)
         else:
-            grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings)
-        return grad_x, grad_scale, None, None, None, None, None, None, None, None
+            grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings, relu_first=ctx.relu_first)
+        return grad_x, grad_scale, None, None, None, None, None, None, None, None, None
 
 
 def _fused_dtypes(x: torch.Tensor, scale: torch.Tensor) -> bool:
@@ -561,6 +589,7 @@ def fake_quantize(
     grad_factor: float = 1.0,
     grad_mode: str = "lsq",
     offset: float = 0.0,
+    relu_first: bool = False,
 ) -> torch.Tensor:
     """Quantize-dequantize ``x`` with a learned ``scale`` (broadcastable to ``x``) and LSQ gradients.
 
@@ -569,6 +598,12 @@ def fake_quantize(
     code) is added to the code before dequantizing, ``x̂ = (q + offset) · s · 2^Δ``: 0 for Double Rounding,
     the cell centre for the centred truncation baseline. See the module docstring. Under autocast (a bf16 or
     fp16 ``x``) the quantization is computed in the scale's fp32 and the result returned in ``x``'s dtype.
+
+    ``relu_first=True`` takes the input of a ReLU whose output only this quantizer reads, and quantizes ``relu(x)``
+    (``quantize_model`` sets it where a model has such a ReLU: :mod:`labkit.relu_absorption`). Values and gradients
+    are those of ``fake_quantize(torch.relu(x), ...)`` on the same path, bit for bit: the eager paths run that ReLU as
+    its own operation; the compiled kernels compute it inside their loops, forward and backward, so the ReLU's output
+    and its gradient are never written out.
     """
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode={grad_mode!r} is unknown; use one of {list(GRAD_MODES)}.")
@@ -578,6 +613,11 @@ def fake_quantize(
     if path == "auto":  # training calls on CPU tensors compiled; evaluation, and CUDA until checked there, eager
         path = "compiled" if wants_grad and x.device.type == "cpu" else "fused"
     eager = path in ("fused", "recompute")  # the installed kernels may be compiled ones (auto) where this is not
+    if relu_first:
+        if path == "compiled" and grad_mode == "lsq" and _fused_dtypes(x, scale):
+            return _FakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, grad_mode, offset, False,
+                                       True)
+        x = torch.relu(x)  # everywhere else the ReLU runs as its own operation
     if path == "fused" and grad_mode == "lsq" and _fused_dtypes(x, scale):
         if wants_grad:
             return _FusedFakeQuantize.apply(x, scale, qmin, qmax, shift, rounding, grad_factor, offset)

@@ -1,0 +1,80 @@
+"""ReLUs that run inside the next activation quantizer (an execution detail: no value or gradient changes).
+
+In ``relu(bn1(conv1(x)))`` → ``conv2`` of a ResNet block the ReLU's output is read by one thing only, ``conv2``'s
+activation quantizer, which clips its codes to ``[0, 2^b − 1]`` anyway (METHOD.md §2, Eq. 4–5). Training it as two
+operations writes the ReLU's output and, in the backward, its gradient: two full-size tensors per such layer and
+step that nothing else reads. Here the quantizer takes the ReLU's input instead and computes ``relu`` itself
+(:func:`labkit.quant.lsq.fake_quantize` with ``relu_first=True``): on the compiled kernels inside the same loops,
+forward and backward; on the eager paths as a separate ReLU, exactly as before. The values and gradients are those of
+the separate ReLU bit for bit (``tests/test_relu_absorption.py``); ``benchmarks/README.md`` gives the speed-up of a
+joint training step (group ``speed_joint``).
+
+A ReLU is taken in only where that changes nothing the model computes: ``torch.fx`` traces the model, and the ReLU must
+be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer with an unsigned LSQ activation
+quantizer (not DoReFa's clamp) and no padding of its own before it; an in-place ReLU also must be the only reader of its
+input. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that names the layer doing its work, so
+``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace keeps every ReLU.
+
+One consequence to know: a forward hook on such a ReLU module now sees its *input* (the ReLU is no longer there). Pass
+``absorb_relu=False`` to :func:`labkit.quantize_model` to keep every ReLU a module of its own.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
+
+
+class _Tracer(torch.fx.Tracer):
+    """Quantized layers and batch norms stay leaves (their insides branch on Python state fx cannot trace)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, (QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d)) or \
+            super().is_leaf_module(module, qualified_name)
+
+
+def absorbable_relus(model: nn.Module) -> dict[str, str]:
+    """``{ReLU module name: quantized layer name}`` for every ReLU of ``model`` (already quantized) whose work its
+    layer's activation quantizer can take over without changing any value (the module docstring); ``{}`` where
+    ``torch.fx`` cannot trace the model."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception:  # torch.fx raises many kinds (TraceError, TypeError, control flow on a Proxy, ...)
+        return {}
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    found = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or type(model.get_submodule(node.target)) is not nn.ReLU:
+            continue
+        relu = model.get_submodule(node.target)
+        if calls[node.target] != 1 or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+            continue
+        (reader,) = node.users
+        if reader.op != "call_module" or reader.args[:1] != (node,) or len(reader.args) != 1 or reader.kwargs:
+            continue
+        layer = model.get_submodule(reader.target)
+        if not isinstance(layer, QuantizedLayer) or not layer.act_quantizer.can_absorb_relu():
+            continue
+        if isinstance(layer, QConv2d) and layer.pre_padding is not None:
+            continue
+        source = node.args[0]
+        if relu.inplace and (not isinstance(source, torch.fx.Node) or len(source.users) != 1):
+            continue
+        found[node.target] = reader.target
+    return found
+
+
+def absorb_relus(model: nn.Module) -> dict[str, str]:
+    """Let each ReLU of :func:`absorbable_relus` run inside its layer's activation quantizer (in place): the ReLU
+    module becomes an :class:`~labkit.nn.AbsorbedReLU` and the quantizer gets ``relu_first``. Returns the mapping."""
+    found = absorbable_relus(model)
+    for relu_name, layer_name in found.items():
+        parent_name, _, child = relu_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, AbsorbedReLU(layer_name))
+        model.get_submodule(layer_name).act_quantizer.relu_first = True
+    return found

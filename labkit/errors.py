@@ -26,6 +26,10 @@ class ExampleInputError(LabkitError, ValueError):
     was given, none could be found without guessing, or the model did not accept the one given."""
 
 
+class ScaleShapeError(LabkitError, ValueError):
+    """A quantization scale whose shape does not broadcast to its tensor's shape without changing it."""
+
+
 class LayerNameError(LabkitError, KeyError):
     """A layer name that is not one of the model's quantized layers."""
 

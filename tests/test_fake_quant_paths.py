@@ -412,18 +412,18 @@ def test_activation_first_use_check_follows_the_buffer():
     quantizer = ActivationQuantizer((8, 4))
     x = torch.rand(2, 3, 4, 4) * 3
     quantizer(x, 8)
-    first = float(quantizer.scale["8"])
+    first = quantizer.scale["8"].item()
     assert quantizer.is_initialized(8) and not quantizer.is_initialized(4)
     quantizer(x * 10, 8)
-    assert float(quantizer.scale["8"]) == first  # initialised once
+    assert quantizer.scale["8"].item() == first  # initialised once
     quantizer.initialized.fill_(False)
     quantizer(x * 10, 8)
-    assert float(quantizer.scale["8"]) == pytest.approx(first * 10, rel=1e-6)  # re-initialised from the new data
+    assert quantizer.scale["8"].item() == pytest.approx(first * 10, rel=1e-6)  # re-initialised from the new data
     fresh = ActivationQuantizer((8, 4))
     fresh(x, 8)
     fresh.load_state_dict(quantizer.state_dict())
     fresh(x, 8)
-    assert float(fresh.scale["8"]) == pytest.approx(first * 10, rel=1e-6) and fresh.is_initialized(8)
+    assert fresh.scale["8"].item() == pytest.approx(first * 10, rel=1e-6) and fresh.is_initialized(8)
 
 
 def _recording_compiled_kernels(monkeypatch) -> list:
@@ -562,15 +562,23 @@ def test_a_run_keeps_its_path_and_gives_the_callers_back():
         lsq._COMPILE_FAILURE["error"] = None
 
 
-def test_a_bad_input_raises_its_own_error_and_keeps_the_compiled_path():
-    """A shape that does not broadcast is the caller's mistake, not a missing compiler: the eager error comes back
-    and the compiled path stays on, with no fallback warning."""
+@pytest.mark.parametrize("shape, scale_shape, channels_last", [
+    ((6, 4, 3, 3), (4, 1, 1, 1), False),  # does not broadcast
+    ((2, 3, 4, 4), (1, 3, 1, 1, 1), True),  # more dimensions than x, on a channels_last x
+    ((1, 3), (4, 1), False),  # would grow x from (1, 3) to (4, 3)
+])
+def test_a_scale_of_the_wrong_shape_is_one_clear_error_and_keeps_the_compiled_path(shape, scale_shape, channels_last):
+    """A scale that does not broadcast to x's own shape is the caller's mistake, not a missing compiler: one
+    ScaleShapeError saying what to pass, and the compiled path stays on, with no fallback warning."""
+    from labkit.errors import ScaleShapeError
+
     use_fake_quant_path("compiled")
-    weight = torch.randn(6, 4, 3, 3, requires_grad=True)
+    x = torch.randn(*shape)
+    x = (x.to(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        with pytest.raises(RuntimeError, match="must match the size"):
-            fake_quantize(weight, torch.full((4, 1, 1, 1), 0.01), -128, 127)
+        with pytest.raises(ScaleShapeError, match=r"does not broadcast to x's shape .* per channel"):
+            fake_quantize(x, torch.full(scale_shape, 0.01), -128, 127)
     assert fake_quant_path() == "compiled" and lsq.compile_error() is None
 
 

@@ -578,6 +578,17 @@ def _fused_dtypes(x: torch.Tensor, scale: torch.Tensor) -> bool:
     return scale.dtype == torch.float64 and x.dtype == torch.float64
 
 
+def _check_scale_shape(x: torch.Tensor, scale: torch.Tensor) -> None:
+    """One clear error for a scale that would change ``x``'s shape (more dimensions, or a size where ``x`` has 1):
+    fake quantization returns a tensor of ``x``'s shape, and the compiled kernels would not take such a scale."""
+    if scale.dim() > x.dim() or any(s != 1 and s != n for s, n in zip(reversed(scale.shape), reversed(x.shape))):
+        from labkit.errors import ScaleShapeError
+
+        raise ScaleShapeError(f"a scale of shape {tuple(scale.shape)} does not broadcast to x's shape {tuple(x.shape)} "
+                              "without changing it: give one scale (shape ()), or one per channel shaped to broadcast "
+                              "along x, e.g. (C, 1, 1, 1) for a conv weight.")
+
+
 def fake_quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -607,6 +618,7 @@ def fake_quantize(
     """
     if grad_mode not in GRAD_MODES:
         raise ValueError(f"grad_mode={grad_mode!r} is unknown; use one of {list(GRAD_MODES)}.")
+    _check_scale_shape(x, scale)
     offset = float(offset)
     path = _KERNELS["path"]
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)

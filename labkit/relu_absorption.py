@@ -54,7 +54,8 @@ def absorbable_relus(model: nn.Module) -> dict[str, str]:
         if calls[node.target] != 1 or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
             continue
         (reader,) = node.users
-        if reader.op != "call_module" or reader.args[:1] != (node,) or len(reader.args) != 1 or reader.kwargs:
+        if reader.op != "call_module" or reader.args[:1] != (node,) or len(reader.args) != 1 or reader.kwargs or \
+                calls[reader.target] != 1:  # a layer that runs on other inputs too would apply the ReLU there as well
             continue
         layer = model.get_submodule(reader.target)
         if not isinstance(layer, QuantizedLayer) or not layer.act_quantizer.can_absorb_relu():

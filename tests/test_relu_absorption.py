@@ -59,7 +59,8 @@ def bits_of(t: torch.Tensor) -> torch.Tensor:
 
 
 def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, f"{what}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
+    assert a.dtype == b.dtype and a.shape == b.shape, \
+        f"{what}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
     same = bits_of(a) == bits_of(b)
     assert bool(same.all()), f"{what}: {int((~same).sum())} of {same.numel()} elements differ, e.g. " \
                              f"{a.flatten()[~same.flatten()][:4].tolist()} vs {b.flatten()[~same.flatten()][:4].tolist()}"
@@ -233,28 +234,61 @@ def test_compiled_path_runs_the_relu_inside_its_kernels(monkeypatch, no_compiler
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_double_backward_through_the_absorbed_relu(dtype, no_compiler_fallback):
-    """``create_graph=True`` through the scale gradient: ∂L/∂s, ∂(∂L/∂s)/∂x and ∂(∂L/∂s)/∂s of the absorbed call are
-    those of the separate ReLU on every path, bit for bit (and not zero)."""
+    """``create_graph=True``: ∂L/∂x and ∂L/∂s, then ∂(∂L/∂s)/∂x, ∂(∂L/∂s)/∂s and ∂(∂L/∂x · p)/∂s of the absorbed call
+    are those of the separate ReLU on every path, bit for bit (and not zero); the differentiable backward runs the
+    eager kernels on every path, so this also checks their ReLU mask."""
     scale0 = torch.tensor(0.0625)
     x0 = op_input((4, 3, 7, 7), scale0, 15, 0, dtype, seed=6)
     x0 = torch.where(x0.isinf(), torch.zeros((), dtype=dtype), x0)  # inf · 0 in the second derivative is NaN on both
+    gen = torch.Generator().manual_seed(8)
+    probe = torch.randn(x0.shape, generator=gen).to(dtype)
+    weights = torch.randn(x0.shape, generator=gen)
 
-    def second_derivatives(path, absorbed):
+    def derivatives(path, absorbed):
         use_fake_quant_path(path)
         x = x0.clone().requires_grad_()
         scale = scale0.clone().requires_grad_()
         inner = x if absorbed else torch.relu(x)
-        loss = fake_quantize(inner, scale, 0, 15, grad_factor=0.3, relu_first=absorbed).float().pow(2).sum()
-        (grad_s,) = torch.autograd.grad(loss, scale, create_graph=True)
-        return (grad_s.detach(),) + torch.autograd.grad(grad_s, (x, scale))
+        out = fake_quantize(inner, scale, 0, 15, grad_factor=0.3, relu_first=absorbed).float()
+        loss = (out * weights + out.pow(2)).sum()  # the upstream gradient is not 0 where the output is
+        grad_x, grad_s = torch.autograd.grad(loss, (x, scale), create_graph=True)
+        second = torch.autograd.grad(grad_s, (x, scale), retain_graph=True)
+        (mixed,) = torch.autograd.grad((grad_x * probe).float().sum(), scale)
+        return (grad_x.detach(), grad_s.detach()) + second + (mixed,)
 
+    names = ("grad_x", "grad_scale", "d grad_scale / dx", "d grad_scale / ds", "d (grad_x . p) / ds")
     for path in PATHS:
-        expected = second_derivatives(path, False)
-        assert bool(expected[1].abs().sum() > 0) and bool(expected[2] != 0)
-        got = second_derivatives(path, True)
-        for name, a, b in zip(("grad_scale", "d grad_scale / dx", "d grad_scale / ds"), got, expected):
+        expected = derivatives(path, False)
+        assert all(bool(t.abs().sum() > 0) for t in expected[1:]), path
+        got = derivatives(path, True)
+        for name, a, b in zip(names, got, expected):
             assert_same_bits(a, b, f"{name}, {path}, {dtype}")
-        assert bool((got[1][x0 <= 0] == 0).all())
+        assert bool((got[0][x0 <= 0] == 0).all()) and bool((got[2][x0 <= 0] == 0).all())
+
+
+@pytest.mark.parametrize("failing", ["forward", "backward"])
+def test_a_compiler_failure_falls_back_to_the_eager_relu(monkeypatch, failing):
+    """Where a compiled kernel fails (no C++ compiler), the eager kernels take over the absorbed call, with the
+    ReLU: the separate ReLU's bits (the gradients the fused path's), and one warning."""
+    scale = torch.tensor(0.0625)
+    x = op_input((4, 6, 9, 9), scale, 15, 0, torch.float32, seed=9)
+    grad = upstream_gradient(x.shape, 9, torch.float32)
+    expected = run_op("fused", False, x, scale, 0, 15, 0, grad)
+    if failing == "backward":  # the forward ran compiled: its output is the compiled one (a -0.0 input gives +0.0)
+        expected = (run_op("compiled", False, x, scale, 0, 15, 0, grad)[0],) + expected[1:]
+    use_fake_quant_path("compiled")
+    lsq._compiled(failing)
+
+    def fails(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setitem(lsq._COMPILED, failing, fails)
+    leaf_x, leaf_scale = x.clone().requires_grad_(), scale.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
+        out = fake_quantize(leaf_x, leaf_scale, 0, 15, grad_factor=GRAD_FACTOR, relu_first=True)
+        grad_x, grad_scale = torch.autograd.grad(out, (leaf_x, leaf_scale), grad)
+    assert fake_quant_path() == "fused"
+    for name, a, b in zip(("output", "grad_x", "grad_scale"), (out, grad_x, grad_scale), expected):
+        assert_same_bits(a, b, f"fallback in the {failing}, {name}")
 
 
 def test_relu_first_on_a_signed_or_dorefa_quantizer_raises():
@@ -415,6 +449,18 @@ class TwoReaders(TwoReLUs):
         return self.head(self.conv1(y) + self.conv2(y))
 
 
+class SharedLayer(TwoReLUs):
+    """``conv1`` runs twice: on ``relu_a``'s output and on a non-negative tensor that is no ReLU's output (exactly 0
+    at its minimum, where a gradient flows). Its quantizer's ``relu_first`` would act on both calls, and mask the
+    gradient at that 0 in the second one; ``relu_b`` → ``conv2`` still goes in."""
+
+    def forward(self, x):
+        y = self.bn(self.stem(x))
+        shifted = y - y.amin().detach()
+        x = self.conv1(self.relu_a(y)) + self.conv1(shifted)
+        return self.head(self.conv2(self.relu_b(self.bn1(x))))
+
+
 class InplaceInputReadElsewhere(TwoReLUs):
     """An in-place ReLU whose input is also added later: that add reads the ReLU's output (the same tensor), which
     an absorbed ReLU would no longer write."""
@@ -471,12 +517,13 @@ def assert_same_training_forward(absorbed, plain, what):
     (InplaceOnlyReader, {"relu_a": "conv1", "relu_b": "conv2"}),
     (SharedReLU, {}),
     (TwoReaders, {}),
+    (SharedLayer, {"relu_b": "conv2"}),
     (InplaceInputReadElsewhere, {}),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_only_a_relu_whose_work_the_quantizer_can_take_is_absorbed(model_class, expected):
-    """A ReLU module called twice, a ReLU read by two layers, and an in-place ReLU whose input is read elsewhere
-    stay ReLUs; the controls (each ReLU read by one quantized layer, also in place) are absorbed. Either way the
-    model computes the same bits as without absorption."""
+    """A ReLU module called twice, a ReLU read by two layers, a ReLU read by a layer that also runs on another input,
+    and an in-place ReLU whose input is read elsewhere stay ReLUs; the controls (each ReLU read by one quantized
+    layer, also in place) are absorbed. Either way the model computes the same bits as without absorption."""
     absorbed, plain = quantize_small(model_class)
     assert absorbed_map(absorbed) == expected
     assert relu_first_layers(absorbed) == set(expected.values())

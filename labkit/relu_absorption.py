@@ -9,11 +9,12 @@ forward and backward; on the eager paths as a separate ReLU, exactly as before. 
 the separate ReLU bit for bit (``tests/test_relu_absorption.py``); ``benchmarks/README.md`` gives the speed-up of a
 joint training step (group ``speed_joint``).
 
-A ReLU is taken in only where that changes nothing the model computes: ``torch.fx`` traces the model, and the ReLU must
-be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer with an unsigned LSQ activation
-quantizer (not DoReFa's clamp) and no padding of its own before it; an in-place ReLU also must be the only reader of its
-input. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that names the layer doing its work, so
-``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace keeps every ReLU.
+A ReLU is taken in only where that changes nothing the model computes: ``torch.fx`` traces the model, and the ReLU
+must be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer, itself called once, with an
+unsigned LSQ activation quantizer (not DoReFa's clamp) and no padding of its own before it; an in-place ReLU also
+must be the only reader of its input. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that
+names the layer doing its work, so ``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
+keeps every ReLU.
 
 One consequence to know: a forward hook on such a ReLU module now sees its *input* (the ReLU is no longer there). Pass
 ``absorb_relu=False`` to :func:`labkit.quantize_model` to keep every ReLU a module of its own.

@@ -590,3 +590,20 @@ def test_compiled_scale_gradient_of_a_large_activation_is_the_float64_sum():
     x = torch.rand((128, 16, 16, 16), generator=gen).mul(0.6)
     grad = torch.randn((128, 16, 16, 16), generator=gen)
     assert_compiled_agrees_with_fused(x, scale, 0, 15, 0, "half_even", 0.0, grad, "large activation")
+
+
+@pytest.mark.parametrize("qmin, qmax, shift", [(0, 255, 0), (0, 3, 0), (0, 3, 2), (-8, 7, 0)])
+def test_compiled_path_keeps_the_sign_of_a_zero_code(qmin, qmax, shift):
+    """A small negative ``x`` whose ``round(x / s)`` is −0.0 (and ``x = −0.0`` itself) gives −0.0 on the eager paths,
+    since ATen's clamp keeps a −0.0 at a bound of 0; the compiled kernels give the same bits (inductor's maximum
+    would return +0.0 there). Checked at both bounds of an unsigned code, on a tensor long enough for the vector loop
+    and its remainder."""
+    scale = torch.tensor(0.25)
+    x = -torch.rand(1003, generator=torch.Generator().manual_seed(3)) * 0.12  # x / s in (−0.48, 0]: rounds to −0.0
+    x[::4] = -0.0
+    x[1::9] = 0.0
+    x[2::11] = 1e3  # clipped at qmax
+    grad = upstream_gradient(x.shape, 3)
+    compiled = assert_compiled_agrees_with_fused(x, scale, qmin, qmax, shift, "half_even", 0.0, grad, "zero codes")
+    negative_zeros = (x == 0) & torch.signbit(x)
+    assert int(negative_zeros.sum()) > 100 and bool(torch.signbit(compiled[0][negative_zeros]).all())  # still −0.0

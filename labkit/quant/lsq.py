@@ -360,6 +360,12 @@ def _low_precision(x: torch.Tensor, scale: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16) and scale.dtype != x.dtype
 
 
+def _clamp_as_aten(codes: torch.Tensor, settings: torch.Tensor) -> torch.Tensor:
+    """``clamp(codes, qmin, qmax)`` as ATen's eager clamp computes it, also for the sign of a zero: a code of −0.0
+    (``round`` of a small negative ``x / s``) stays −0.0 at ``qmin = 0``, where inductor's ``maximum`` returns +0.0."""
+    return torch.where(codes < settings[0], settings[0], torch.where(codes > settings[1], settings[1], codes))
+
+
 def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool, relu_first: bool = False):
     """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``.
 
@@ -370,7 +376,7 @@ def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, ce
     if relu_first:
         x = torch.relu(x)
     first = torch.round((x.to(scale.dtype) if low else x) * scale.reciprocal())
-    codes = torch.clamp(_round_scaled(first * settings[2], rounding) if shifted else first, settings[0], settings[1])
+    codes = _clamp_as_aten(_round_scaled(first * settings[2], rounding) if shifted else first, settings)
     if centred:
         codes = codes + settings[6]
     out = codes * (scale * settings[3])
@@ -410,7 +416,7 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     v = (x.to(scale.dtype) if low else x) * scale.reciprocal()
     first = torch.round(v)
     unclipped = _round_scaled(first * settings[2], rounding) if shifted else first
-    codes = torch.clamp(unclipped, settings[0], settings[1])
+    codes = _clamp_as_aten(unclipped, settings)
     outside = unclipped != codes
     if shifted:
         outside = outside | (first < settings[4]) | (first > settings[5])

@@ -326,8 +326,9 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                        rounds: int | None = None) -> dict:
     """Joint {8,6,4,2} step ÷ 4 FP32 steps, ResNet-20, a plain quantize_model + set_bits loop with Adam; FP32
     images/s per configuration. ``fp32`` (the default: no autocast, contiguous, default fake-quant path) is the row;
-    the other configurations and the other fake-quant path (:func:`alternative_path`, on the fp32 configuration) are
-    beside it."""
+    the other configurations, the other fake-quant path (:func:`alternative_path`) and the same model with every ReLU
+    kept as its own operation (``absorb_relu=False``, :mod:`labkit.relu_absorption`), both on the fp32 configuration,
+    are beside it."""
     start_load = load()
     default = lsq.fake_quant_path()
     batch, rounds = (16, rounds or 2) if quick else (128, rounds or 5)
@@ -345,6 +346,9 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
             if config == "fp32":
                 candidates[f"jointother_{config}_t{t}"] = with_threads(t, on_path(tables[other], _train_step(
                     joint, torch.optim.Adam(joint.parameters(), 1e-4), images, labels, BITS, False)))
+                kept = labkit.quantize_model(fp32, bits=BITS, absorb_relu=False).train()  # every ReLU its own op
+                candidates[f"jointrelu_{config}_t{t}"] = with_threads(t, on_path(tables[default], _train_step(
+                    kept, torch.optim.Adam(kept.parameters(), 1e-4), images, labels, BITS, False)))
     timer = time_side_by_side(candidates, rounds, tables[default], warm_up=1)
     end_load = load()
 
@@ -370,6 +374,11 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
             "joint_step_ms": timer.ms(beside_path), "joint_epoch_s": epoch_s(beside_path),
             "joint_step_vs_default": timer.ratio(beside_path, f"joint_fp32_t{t}"),
             "first_call_s": round(timer.first_call_s[beside_path], 1)}
+        kept_relus = f"jointrelu_fp32_t{t}"
+        per_config["ReLUs kept as modules (absorb_relu=False)"] = {
+            "joint_vs_4x_fp32": timer.ratio(kept_relus, f"fp32_fp32_t{t}", len(BITS)),
+            "joint_step_ms": timer.ms(kept_relus), "joint_epoch_s": epoch_s(kept_relus),
+            "joint_step_vs_default": timer.ratio(kept_relus, f"joint_fp32_t{t}")}
         main = per_config["fp32"]
         common = {"threads": t, "batch": batch, "rounds": rounds, "default_fake_quant_path": default,
                   "epoch_is": f"{steps_per_epoch(batch)} steps of batch {batch} (CIFAR-10 train), bare steps "

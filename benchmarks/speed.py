@@ -397,7 +397,10 @@ def joint_step_section(quick: bool, threads=THREADS, configs=("fp32", "channels_
                     f"epochs FP32 / joint): {beside}; load {start_load}",
             detail={"value_is": f"ResNet-20, batch {batch} random 32×32 images, forward/backward per bit-width then "
                                 f"one Adam step, default configuration, {ts} set with torch.set_num_threads in this "
-                                f"process, wall time; median of {rounds} per-round ratios",
+                                f"process, wall time; median of {rounds} per-round ratios. The FP32 steps are eager "
+                                "PyTorch, every ReLU its own operation (not compiled); the joint model runs its "
+                                "block-internal ReLUs inside the next activation quantizer (labkit.relu_absorption), "
+                                "and the same model with every ReLU kept is beside it",
                     "by_configuration": per_config, **common})
         fastest = min(configs, key=lambda c: per_config[c]["fp32_step_ms"])
         for config in configs:

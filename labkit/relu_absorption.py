@@ -16,8 +16,12 @@ must be the only reader of its input. Its module is replaced by :class:`labkit.n
 names the layer doing its work, so ``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
 keeps every ReLU.
 
-One consequence to know: a forward hook on such a ReLU module now sees its *input* (the ReLU is no longer there). Pass
-``absorb_relu=False`` to :func:`labkit.quantize_model` to keep every ReLU a module of its own.
+A ReLU module that carries a hook when the model is quantized keeps its place (the hook keeps seeing its output).
+What to know for hooks added later: the absorbing layer's forward pre-hook sees the ReLU's *input* (negatives
+included), its full backward hook a ``grad_input`` already masked by the ReLU, and a hook on the
+:class:`~labkit.nn.AbsorbedReLU` sees the ReLU's input. ``torch.fx`` traces one branch of Python control flow (e.g.
+``if self.training``): a ReLU used differently on the other branch is not seen there. Pass ``absorb_relu=False`` to
+:func:`labkit.quantize_model` to keep every ReLU a module of its own.
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return isinstance(module, (QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d)) or \
             super().is_leaf_module(module, qualified_name)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(getattr(module, name, None) for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                                         "_backward_pre_hooks"))
 
 
 def absorbable_relus(model: nn.Module) -> dict[str, str]:
@@ -52,6 +61,8 @@ def absorbable_relus(model: nn.Module) -> dict[str, str]:
         if node.op != "call_module" or type(model.get_submodule(node.target)) is not nn.ReLU:
             continue
         relu = model.get_submodule(node.target)
+        if _has_hooks(relu):  # a hook on the ReLU must keep seeing its output (replacing the module would drop it)
+            continue
         if calls[node.target] != 1 or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
             continue
         (reader,) = node.users
@@ -64,8 +75,9 @@ def absorbable_relus(model: nn.Module) -> dict[str, str]:
         if isinstance(layer, QConv2d) and layer.pre_padding is not None:
             continue
         source = node.args[0]
-        if relu.inplace and (not isinstance(source, torch.fx.Node) or len(source.users) != 1):
-            continue
+        if relu.inplace and (not isinstance(source, torch.fx.Node) or source.op == "placeholder"
+                             or len(source.users) != 1):
+            continue  # an in-place ReLU also overwrites its input: only where nothing else (nor the caller) reads it
         found[node.target] = reader.target
     return found
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import labkit
+from labkit.config import ConfigError
 from labkit.convert import apply_plan, plan_quantization, quantized_layers
 from labkit.models import build_model
 from labkit.nn import AbsorbedReLU
@@ -274,7 +275,7 @@ def test_a_compiler_failure_falls_back_to_the_eager_relu(monkeypatch, failing):
     x = op_input((4, 6, 9, 9), scale, 15, 0, torch.float32, seed=9)
     grad = upstream_gradient(x.shape, 9, torch.float32)
     expected = run_op("fused", False, x, scale, 0, 15, 0, grad)
-    if failing == "backward":  # the forward ran compiled: its output is the compiled one (a -0.0 input gives +0.0)
+    if failing == "backward":  # the forward ran compiled: its output is the compiled one (the same bits since b621146)
         expected = (run_op("compiled", False, x, scale, 0, 15, 0, grad)[0],) + expected[1:]
     use_fake_quant_path("compiled")
     lsq._compiled(failing)
@@ -295,13 +296,13 @@ def test_relu_first_on_a_signed_or_dorefa_quantizer_raises():
     x = torch.randn(2, 3, 4, 4)
     signed = ActivationQuantizer(bits=(8,), signed=True)
     signed.relu_first = True
-    with pytest.raises(RuntimeError, match=r"relu_first is set on an activation quantizer with signed=True, "
+    with pytest.raises(ConfigError, match=r"relu_first is set on an activation quantizer with signed=True, "
                                            r"init='lsq'; only unsigned LSQ quantizers take a ReLU in\. Set "
                                            r"relu_first = False and put the ReLU back\."):
         signed(x, 8)
     dorefa = ActivationQuantizer(bits=(8,), init="dorefa")
     dorefa.relu_first = True
-    with pytest.raises(RuntimeError, match=r"signed=False, init='dorefa'; only unsigned LSQ"):
+    with pytest.raises(ConfigError, match=r"signed=False, init='dorefa'; only unsigned LSQ"):
         dorefa(x, 8)
     unsigned = ActivationQuantizer(bits=(8,), init="percentile")
     unsigned.relu_first = True
@@ -489,6 +490,30 @@ class Untraceable(TwoReLUs):
         return self.head(self.conv2(self.relu_b(x)))
 
 
+class HookedReLU(TwoReLUs):
+    """``relu_a`` carries a forward hook when the model is quantized: it stays, so the hook keeps seeing its output."""
+
+    seen: list = []  # what the hook saw (class level: the quantized copy's hook is the same function)
+
+    def __init__(self):
+        super().__init__()
+        self.relu_a.register_forward_hook(lambda module, args, out: HookedReLU.seen.append(float(out.detach().min())))
+
+
+class InplaceOnTheInput(nn.Module):
+    """An in-place ReLU on the model's own input (the caller's tensor), read by one quantized conv only: an absorbed
+    ReLU would no longer overwrite the caller's tensor, so it stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu_a = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.conv1(self.relu_a(x)), 1).flatten(1))
+
+
 def quantize_small(model_class, **options):
     torch.manual_seed(0)
     model = model_class()
@@ -530,6 +555,27 @@ def test_only_a_relu_whose_work_the_quantizer_can_take_is_absorbed(model_class, 
     assert plain_relus(absorbed) == {"relu_a", "relu_b"} - set(expected)
     assert absorbed_map(plain) == {} and relu_first_layers(plain) == set()
     assert_same_training_forward(absorbed, plain, model_class.__name__)
+
+
+def test_a_relu_with_a_hook_stays_and_its_hook_still_runs():
+    """A hook on a ReLU when the model is quantized keeps the ReLU (replacing the module would drop the hook), and the
+    hook still sees the ReLU's output (never negative) in the quantized model; ``relu_b`` still goes in."""
+    absorbed, plain = quantize_small(HookedReLU)
+    assert absorbed_map(absorbed) == {"relu_b": "conv2"} and plain_relus(absorbed) == {"relu_a"}
+    HookedReLU.seen.clear()
+    assert_same_training_forward(absorbed, plain, "HookedReLU")
+    assert len(HookedReLU.seen) == 2 and min(HookedReLU.seen) >= 0.0  # one forward of each model
+
+
+def test_an_in_place_relu_on_the_models_input_stays():
+    torch.manual_seed(0)
+    model = InplaceOnTheInput()
+    quantized = labkit.quantize_model(model, bits=(8, 2), keep_first_last=False,
+                                      example_input=torch.rand(2, 3, 8, 8))
+    assert absorbed_map(quantized) == {} and isinstance(quantized.relu_a, nn.ReLU)
+    images = torch.randn(2, 3, 8, 8)
+    quantized.eval()(images)
+    assert float(images.min()) >= 0.0  # the in-place ReLU still overwrote the caller's tensor
 
 
 def test_no_absorption_before_a_signed_quantizer():

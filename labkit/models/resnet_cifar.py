@@ -7,7 +7,9 @@ channels with zeros, so shortcuts hold no parameters and every weight lives in a
 ``nn.Linear`` module that ``quantize_model`` can swap.
 
 Every ReLU is its own ``nn.ReLU`` module (no reuse, no ``inplace=True``), so forward hooks and activation
-quantizers see each activation exactly once and nothing overwrites a tensor a hook kept.
+quantizers see each activation exactly once and nothing overwrites a tensor a hook kept. ``quantize_model`` lets the
+block-internal ``relu1`` run inside ``conv2``'s activation quantizer (:mod:`labkit.relu_absorption`; a ReLU that carries
+a hook then stays, and ``absorb_relu=False`` keeps them all).
 """
 from __future__ import annotations
 

@@ -129,9 +129,11 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         if self.relu_first:
             if not self.can_absorb_relu():
-                raise RuntimeError(f"relu_first is set on an activation quantizer with signed={self.signed}, "
-                                   f"init={self.init!r}; only unsigned LSQ quantizers take a ReLU in. Set "
-                                   "relu_first = False and put the ReLU back.")
+                from labkit.config import ConfigError
+
+                raise ConfigError(f"relu_first is set on an activation quantizer with signed={self.signed}, "
+                                  f"init={self.init!r}; only unsigned LSQ quantizers take a ReLU in. Set "
+                                  "relu_first = False and put the ReLU back.")
             if not self.is_initialized(bits):
                 self.initialize(torch.relu(x), bits)
             qmin, qmax = int_range(bits, signed=False)

@@ -463,8 +463,8 @@ def _compiled(name: str):
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         # Shape-generic kernels (dynamic=True) whose bit-width settings come in a small tensor: one compilation per
-        # (kernel, dtype, tie rule, Δ > 0 or not, centred or not, rank and broadcast of the scale, thread count),
-        # not per shape and bit.
+        # (kernel, dtype, tie rule, Δ > 0 or not, centred or not, ReLU inside or not, rank and broadcast of the
+        # scale, thread count), not per shape and bit.
         _COMPILED.update({kernel: torch.compile(function, dynamic=True) for kernel, function in
                           (("forward", _generic_forward_kernel), ("backward", _generic_backward_kernel))})
     return _COMPILED[name]

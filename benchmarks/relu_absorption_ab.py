@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import labkit  # noqa: E402
+from labkit.config import hardware_summary  # noqa: E402
 from labkit.models import build_model  # noqa: E402
 from labkit.quant import lsq  # noqa: E402
 from labkit.statistics import paired_difference, verdict  # noqa: E402
@@ -78,8 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    meta = {"when": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": platform.processor() or
-            platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+    meta = {"when": datetime.datetime.now().isoformat(timespec="seconds"), "hardware": hardware_summary(),
+            "cores": os.cpu_count(), "torch": torch.__version__,
             "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     results = []
     for threads in args.threads:

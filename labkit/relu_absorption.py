@@ -6,8 +6,9 @@ operations writes the ReLU's output and, in the backward, its gradient: two full
 step that nothing else reads. Here the quantizer takes the ReLU's input instead and computes ``relu`` itself
 (:func:`labkit.quant.lsq.fake_quantize` with ``relu_first=True``): on the compiled kernels inside the same loops,
 forward and backward; on the eager paths as a separate ReLU, exactly as before. The values and gradients are those of
-the separate ReLU bit for bit (``tests/test_relu_absorption.py``); ``benchmarks/README.md`` gives the speed-up of a
-joint training step (group ``speed_joint``).
+the separate ReLU bit for bit (``tests/test_relu_absorption.py``). A ResNet-20 joint {8,6,4,2} step takes ~1–2 % less
+time with it (``benchmarks/relu_absorption_ab.py``: a paired interval over 40 rounds, in the README; the ``speed_joint``
+benchmark row times the model with every ReLU kept beside it).
 
 A ReLU is taken in only where that changes nothing the model computes: ``torch.fx`` traces the model, and the ReLU
 must be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer, itself called once, with an

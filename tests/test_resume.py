@@ -28,9 +28,9 @@ pytestmark = pytest.mark.skipif(not (data_root() / "cifar10").is_dir(),
                                 reason=f"no CIFAR-10 under the data root {data_root()} (set LABKIT_DATA)")
 
 RECIPE = "cifar10-resnet20"
-OVERRIDES = ["train_subset=96", "eval_subset=64", "batch_size=16", "epochs=2", "checkpoint_every=1", "workers=0",
+OVERRIDES = ["train_subset=192", "eval_subset=64", "batch_size=16", "epochs=2", "checkpoint_every=1", "workers=0",
              "init_from=none"]
-STEPS_PER_EPOCH = 96 // 16
+STEPS_PER_EPOCH = 192 // 16  # 12: a mid-epoch kill has ≥ 9 steps of margin however late the watcher looks
 RUN_TIMEOUT = 180
 
 
@@ -163,7 +163,7 @@ def after_epoch_boundary(out, position):
 
 MOMENTS = {
     # (kill condition, extra wait before the kill, resume with the same overrides? , expected checkpoint epoch)
-    "mid-epoch": (mid_epoch, 0.15, True, 0),
+    "mid-epoch": (mid_epoch, 0.05, True, 0),
     "after-epoch-boundary": (after_epoch_boundary, 0.0, False, 1),
 }
 

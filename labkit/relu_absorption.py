@@ -29,15 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d
-
-
-class _Tracer(torch.fx.Tracer):
-    """Quantized layers and batch norms stay leaves (their insides branch on Python state fx cannot trace)."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, (QuantizedLayer, SwitchableBatchNorm2d, TransitionalBatchNorm2d)) or \
-            super().is_leaf_module(module, qualified_name)
+from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -49,8 +41,10 @@ def absorbable_relus(model: nn.Module) -> dict[str, str]:
     """``{ReLU module name: quantized layer name}`` for every ReLU of ``model`` (already quantized) whose work its
     layer's activation quantizer can take over without changing any value (the module docstring); ``{}`` where
     ``torch.fx`` cannot trace the model."""
+    from labkit.hasb.graph import LayerTracer  # here: labkit.hasb imports labkit.convert, which imports this module
+
     try:
-        graph = _Tracer().trace(model)
+        graph = LayerTracer().trace(model)
     except Exception:  # torch.fx raises many kinds (TraceError, TypeError, control flow on a Proxy, ...)
         return {}
     calls: dict[str, int] = {}

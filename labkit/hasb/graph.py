@@ -101,7 +101,10 @@ class _Graph:
 # ------------------------------------------------------------------ torch.fx
 
 
-class _LayerTracer(torch.fx.Tracer):
+class LayerTracer(torch.fx.Tracer):
+    """``torch.fx`` tracer that keeps convolutions, linear layers (quantized or not) and batch norms as leaves: their
+    insides branch on Python state fx cannot trace (also used by :mod:`labkit.relu_absorption`)."""
+
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         from labkit.nn import SwitchableBatchNorm2d, TransitionalBatchNorm2d
 
@@ -110,7 +113,7 @@ class _LayerTracer(torch.fx.Tracer):
 
 
 def _fx_graph(model: nn.Module) -> _Graph:
-    traced = _LayerTracer().trace(model)
+    traced = LayerTracer().trace(model)
     graph, index = _Graph(), {}
     for node in traced.nodes:
         if node.op == "placeholder":

@@ -127,28 +127,22 @@ class ActivationQuantizer(nn.Module):
         return not self.signed and self.init in ("lsq", "percentile")
 
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        if self.relu_first:
-            if not self.can_absorb_relu():
-                from labkit.config import ConfigError
+        if self.relu_first and not self.can_absorb_relu():
+            from labkit.config import ConfigError
 
-                raise ConfigError(f"relu_first is set on an activation quantizer with signed={self.signed}, "
-                                  f"init={self.init!r}; only unsigned LSQ quantizers take a ReLU in. Set "
-                                  "relu_first = False and put the ReLU back.")
-            if not self.is_initialized(bits):
-                self.initialize(torch.relu(x), bits)
-            qmin, qmax = int_range(bits, signed=False)
-            grad_factor = lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
-            return fake_quantize(x, self.scale[str(bits)], qmin, qmax, grad_factor=grad_factor, relu_first=True)
+            raise ConfigError(f"relu_first is set on an activation quantizer with signed={self.signed}, "
+                              f"init={self.init!r}; only unsigned LSQ quantizers take a ReLU in. Set "
+                              "relu_first = False and put the ReLU back.")
         if self.init == "dorefa":  # clamp first, as DoReFa does: no gradient above 1 (not even within half a step)
             x = x.clamp(0.0, 1.0)
         if not self.is_initialized(bits):
-            self.initialize(x, bits)
+            self.initialize(torch.relu(x) if self.relu_first else x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)
         # N of LSQ's g = 1/sqrt(N p) is the activations this scale covers in the (global) batch.
         grad_factor = lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
         scale = self.scale[str(bits)]
         if self.offset is None:
-            return fake_quantize(x, scale, qmin, qmax, grad_factor=grad_factor)
+            return fake_quantize(x, scale, qmin, qmax, grad_factor=grad_factor, relu_first=self.relu_first)
         offset = self.offset[str(bits)]
         return fake_quantize(x - offset, scale, qmin, qmax, grad_factor=grad_factor) + offset
 

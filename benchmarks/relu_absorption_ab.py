@@ -22,25 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py (which puts this checkout's labkit first)
+
+from speed import BITS, _train_step  # noqa: E402
 
 import labkit  # noqa: E402
 from labkit.config import hardware_summary  # noqa: E402
 from labkit.models import build_model  # noqa: E402
 from labkit.quant import lsq  # noqa: E402
 from labkit.statistics import paired_difference, verdict  # noqa: E402
-
-BITS = (8, 6, 4, 2)
-
-
-def joint_step(model, optimizer, images, labels):
-    optimizer.zero_grad(set_to_none=True)
-    for bits in BITS:
-        labkit.set_bits(model, bits)
-        F.cross_entropy(model(images), labels).backward()
-    optimizer.step()
 
 
 def measure(threads: int, rounds: int, batch: int = 128) -> dict:
@@ -53,16 +44,17 @@ def measure(threads: int, rounds: int, batch: int = 128) -> dict:
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(batch, 3, 32, 32, generator=gen)
     labels = torch.randint(0, 10, (batch,), generator=gen)
-    optimizers = {name: torch.optim.Adam(model.train().parameters(), 1e-4) for name, model in models.items()}
+    steps = {name: _train_step(model.train(), torch.optim.Adam(model.parameters(), 1e-4), images, labels, BITS, False)
+             for name, model in models.items()}
     for _ in range(2):  # warm-up: compilation, first-use scale init, allocator
-        for name in models:
-            joint_step(models[name], optimizers[name], images, labels)
+        for step in steps.values():
+            step()
     ratios, seconds = [], {name: [] for name in models}
     for index in range(rounds):
         order = ("absorbed", "kept") if index % 2 == 0 else ("kept", "absorbed")
         for name in order:
             start = time.perf_counter()
-            joint_step(models[name], optimizers[name], images, labels)
+            steps[name]()
             seconds[name].append(time.perf_counter() - start)
         ratios.append(seconds["absorbed"][-1] / seconds["kept"][-1])
     difference = paired_difference(ratios, [1.0] * rounds)

@@ -240,7 +240,12 @@ def set_bits(model: nn.Module, bits) -> nn.Module:
     A mapping may name some layers only; the others keep their bit-width. Every switchable batch norm
     follows the layer that feeds it. Returns ``model``.
     """
-    layers = quantized_layers(model)
+    layers, followers = {}, []
+    for name, module in model.named_modules():  # one walk over the model for the layers and the batch norms
+        if isinstance(module, QuantizedLayer):
+            layers[name] = module
+        elif hasattr(module, "follow"):  # switchable and transitional batch norms
+            followers.append(module)
     if not layers:
         raise ValueError("the model has no quantized layers; call labkit.quantize_model(model) first.")
     if isinstance(bits, dict):
@@ -255,9 +260,8 @@ def set_bits(model: nn.Module, bits) -> nn.Module:
         value = check_bits(bits, allowed=trained)
         for layer in layers.values():
             layer.bits = value
-    for module in model.modules():
-        if hasattr(module, "follow"):  # switchable and transitional batch norms
-            module.follow(layers)
+    for module in followers:
+        module.follow(layers)
     return model
 
 

@@ -194,6 +194,28 @@ class TransitionalBatchNorm2d(nn.Module):
                 f"source={self.source!r}, predecessor={self.predecessor!r}")
 
 
+class ReLUWithQuantizedCopy(nn.ReLU):
+    """A ReLU whose output ``into`` reads among others: it also computes ``into``'s quantized input in the same pass.
+
+    Returns ``relu(x)`` like ``nn.ReLU``. In a training step on the compiled fake-quant kernels it also hands ``into``'s
+    activation quantizer that quantizer's output on this very tensor (:meth:`ActivationQuantizer.relu_and_quantize`),
+    so the ReLU and the quantizer are one loop forward and one backward (:mod:`labkit.relu_absorption`); the values
+    and gradients are those of the ReLU and the quantizer run apart, bit for bit. ``layer`` is ``into`` itself, kept
+    as a plain reference (it is not a child module of this one).
+    """
+
+    def __init__(self, into: str, layer: "QuantizedLayer"):
+        super().__init__()
+        self.into = into
+        object.__setattr__(self, "layer", layer)  # not registered as a submodule: the model owns the layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.act_quantizer.relu_and_quantize(x, self.layer.bits)
+
+    def extra_repr(self) -> str:
+        return f"also quantizes its output for {self.into}"
+
+
 class AbsorbedReLU(nn.Identity):
     """Where a ReLU was: its work runs inside the activation quantizer of ``into`` (:mod:`labkit.relu_absorption`).
 

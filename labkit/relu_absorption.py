@@ -17,6 +17,13 @@ must be the only reader of its input. Its module is replaced by :class:`labkit.n
 names the layer doing its work, so ``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
 keeps every ReLU.
 
+A ReLU whose output a quantized layer reads *and* something else does — in ResNet-20 the ReLU after each residual sum
+(and the stem's), read by the next block's ``conv1`` and its shortcut — cannot disappear, since the shortcut needs its
+output. It becomes a :class:`labkit.nn.ReLUWithQuantizedCopy`: in a training step on the compiled kernels it computes
+the ReLU and that layer's fake-quantized input in one loop and hands the latter to the layer's quantizer
+(:func:`labkit.quant.lsq.relu_and_fake_quantize`; the same values and gradients bit for bit). The same conditions hold
+for the ReLU and for that layer, except that the ReLU may have more readers and must not be in place.
+
 A ReLU module that carries a hook when the model is quantized keeps its place (the hook keeps seeing its output).
 What to know for hooks added later: the absorbing layer's forward pre-hook sees the ReLU's *input* (negatives
 included), its full backward hook a ``grad_input`` already masked by the ReLU, and a hook on the
@@ -29,7 +36,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer
+from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer, ReLUWithQuantizedCopy
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -37,53 +44,84 @@ def _has_hooks(module: nn.Module) -> bool:
                                                          "_backward_pre_hooks"))
 
 
-def absorbable_relus(model: nn.Module) -> dict[str, str]:
-    """``{ReLU module name: quantized layer name}`` for every ReLU of ``model`` (already quantized) whose work its
-    layer's activation quantizer can take over without changing any value (the module docstring); ``{}`` where
-    ``torch.fx`` cannot trace the model."""
+def _takes_relu(model: nn.Module, reader, node, calls: dict[str, int]) -> bool:
+    """Whether ``reader`` is a quantized layer, called once and on ``node``'s output alone, whose activation quantizer
+    can compute a ReLU in front of it (unsigned LSQ codes) with no padding of its own first."""
+    if reader.op != "call_module" or reader.args[:1] != (node,) or len(reader.args) != 1 or reader.kwargs or \
+            calls[reader.target] != 1:  # a layer that runs on other inputs too would apply the ReLU there as well
+        return False
+    layer = model.get_submodule(reader.target)
+    if not isinstance(layer, QuantizedLayer) or not layer.act_quantizer.can_absorb_relu():
+        return False
+    return not (isinstance(layer, QConv2d) and layer.pre_padding is not None)
+
+
+def _relu_readers(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """(absorbable, paired): ``{ReLU module name: quantized layer name}`` for the ReLUs whose only reader is that layer,
+    and for those the layer reads among others (the module docstring); both ``{}`` where ``torch.fx`` cannot trace."""
     from labkit.hasb.graph import LayerTracer  # here: labkit.hasb imports labkit.convert, which imports this module
 
     try:
         graph = LayerTracer().trace(model)
     except Exception:  # torch.fx raises many kinds (TraceError, TypeError, control flow on a Proxy, ...)
-        return {}
+        return {}, {}
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    found = {}
+    absorbable, paired = {}, {}
     for node in graph.nodes:
         if node.op != "call_module" or type(model.get_submodule(node.target)) is not nn.ReLU:
             continue
         relu = model.get_submodule(node.target)
         if _has_hooks(relu):  # a hook on the ReLU must keep seeing its output (replacing the module would drop it)
             continue
-        if calls[node.target] != 1 or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+        if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
-        (reader,) = node.users
-        if reader.op != "call_module" or reader.args[:1] != (node,) or len(reader.args) != 1 or reader.kwargs or \
-                calls[reader.target] != 1:  # a layer that runs on other inputs too would apply the ReLU there as well
-            continue
-        layer = model.get_submodule(reader.target)
-        if not isinstance(layer, QuantizedLayer) or not layer.act_quantizer.can_absorb_relu():
-            continue
-        if isinstance(layer, QConv2d) and layer.pre_padding is not None:
-            continue
-        source = node.args[0]
-        if relu.inplace and (not isinstance(source, torch.fx.Node) or source.op == "placeholder"
-                             or len(source.users) != 1):
-            continue  # an in-place ReLU also overwrites its input: only where nothing else (nor the caller) reads it
-        found[node.target] = reader.target
-    return found
+        if len(node.users) == 1:
+            (reader,) = node.users
+            if not _takes_relu(model, reader, node, calls):
+                continue
+            source = node.args[0]
+            if relu.inplace and (not isinstance(source, torch.fx.Node) or source.op == "placeholder"
+                                 or len(source.users) != 1):
+                continue  # an in-place ReLU also overwrites its input: only where nothing else (nor the caller) reads it
+            absorbable[node.target] = reader.target
+        elif not relu.inplace:
+            readers = [reader for reader in node.users if _takes_relu(model, reader, node, calls)]
+            if readers:
+                paired[node.target] = readers[0].target
+    return absorbable, paired
+
+
+def absorbable_relus(model: nn.Module) -> dict[str, str]:
+    """``{ReLU module name: quantized layer name}`` for every ReLU of ``model`` (already quantized) whose work its
+    layer's activation quantizer can take over without changing any value (the module docstring); ``{}`` where
+    ``torch.fx`` cannot trace the model."""
+    return _relu_readers(model)[0]
+
+
+def pairable_relus(model: nn.Module) -> dict[str, str]:
+    """``{ReLU module name: quantized layer name}`` for every ReLU of ``model`` (already quantized) whose output that
+    layer reads among others, so that the ReLU can compute the layer's quantized input with its own output (the module
+    docstring); ``{}`` where ``torch.fx`` cannot trace the model."""
+    return _relu_readers(model)[1]
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def absorb_relus(model: nn.Module) -> dict[str, str]:
     """Let each ReLU of :func:`absorbable_relus` run inside its layer's activation quantizer (in place): the ReLU
-    module becomes an :class:`~labkit.nn.AbsorbedReLU` and the quantizer gets ``relu_first``. Returns the mapping."""
-    found = absorbable_relus(model)
-    for relu_name, layer_name in found.items():
-        parent_name, _, child = relu_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, AbsorbedReLU(layer_name))
+    module becomes an :class:`~labkit.nn.AbsorbedReLU` and the quantizer gets ``relu_first``. Each ReLU of
+    :func:`pairable_relus` becomes a :class:`~labkit.nn.ReLUWithQuantizedCopy` for its layer. Returns the mapping of
+    the absorbed ReLUs."""
+    absorbable, paired = _relu_readers(model)
+    for relu_name, layer_name in absorbable.items():
+        _replace(model, relu_name, AbsorbedReLU(layer_name))
         model.get_submodule(layer_name).act_quantizer.relu_first = True
-    return found
+    for relu_name, layer_name in paired.items():
+        _replace(model, relu_name, ReLUWithQuantizedCopy(layer_name, model.get_submodule(layer_name)))
+    return absorbable

@@ -102,13 +102,14 @@ class _Graph:
 
 
 class LayerTracer(torch.fx.Tracer):
-    """``torch.fx`` tracer that keeps convolutions, linear layers (quantized or not) and batch norms as leaves: their
-    insides branch on Python state fx cannot trace (also used by :mod:`labkit.relu_absorption`)."""
+    """``torch.fx`` tracer that keeps convolutions, linear layers (quantized or not), batch norms and
+    :class:`~labkit.nn.ReLUWithQuantizedCopy` as leaves: their insides branch on Python state fx cannot trace (also
+    used by :mod:`labkit.relu_absorption`)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        from labkit.nn import SwitchableBatchNorm2d, TransitionalBatchNorm2d
+        from labkit.nn import ReLUWithQuantizedCopy, SwitchableBatchNorm2d, TransitionalBatchNorm2d
 
-        return isinstance(module, (*WEIGHTED, SwitchableBatchNorm2d, TransitionalBatchNorm2d)) or \
+        return isinstance(module, (*WEIGHTED, SwitchableBatchNorm2d, TransitionalBatchNorm2d, ReLUWithQuantizedCopy)) or \
             super().is_leaf_module(module, qualified_name)
 
 

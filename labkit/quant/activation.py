@@ -16,16 +16,25 @@ same fake-quantizer on ``clamp(X, 0, 1)`` with the step fixed at ``1 / (2^b − 
 
 ``relu_first`` (set by ``quantize_model``, :mod:`labkit.relu_absorption`) means the input is the *input* of a ReLU
 whose output only this quantizer reads: the quantizer computes that ReLU itself, with the same values and gradients.
+:meth:`ActivationQuantizer.relu_and_quantize` serves a ReLU whose output this quantizer reads among others
+(``labkit.nn.ReLUWithQuantizedCopy``): it computes the ReLU and this quantizer's output together and keeps the
+latter for the quantizer's next call on that very tensor.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
 
-from labkit.quant.lsq import fake_quantize, lsq_grad_scale
+from labkit.quant.lsq import fake_quantize, lsq_grad_scale, relu_and_fake_quantize, relu_pairing_applies
 from labkit.quant.ranges import check_bit_set, check_bits, int_range
 
 INIT_RULES = ("lsq", "percentile", "dorefa")
+
+# quantizer -> (input, its key, output) from relu_and_quantize, for that quantizer's next call. Outside the module, so
+# a copy or a pickle of the model never carries tensors of an unfinished forward pass.
+_PREPARED: "weakref.WeakKeyDictionary[ActivationQuantizer, tuple]" = weakref.WeakKeyDictionary()
 
 
 def _world_size() -> int:
@@ -126,7 +135,35 @@ class ActivationQuantizer(nn.Module):
         to [0, 1] first)."""
         return not self.signed and self.init in ("lsq", "percentile")
 
+    def _grad_factor(self, x: torch.Tensor, qmax: int) -> float:
+        # N of LSQ's g = 1/sqrt(N p) is the activations this scale covers in the (global) batch.
+        return lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
+
+    def _prepared_key(self, x: torch.Tensor, bits: int) -> tuple:
+        """What must be the same when the kept output is used: the bit-width, the tensor's and the scale's versions
+        (nothing wrote to either in between), grad mode and train/eval mode."""
+        scale = self.scale[str(bits)]
+        return bits, x._version, scale._version, id(scale), torch.is_grad_enabled(), self.training
+
+    def relu_and_quantize(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        """``relu(x)``; where the fused kernels run (:func:`labkit.quant.lsq.relu_pairing_applies`) this quantizer's
+        output on it is computed in the same loop and kept for this quantizer's next call with that very tensor, at the
+        same bit-width (else it is dropped and the call quantizes as always). Same values and gradients as a ReLU
+        followed by this quantizer (:func:`labkit.quant.lsq.relu_and_fake_quantize`)."""
+        _PREPARED.pop(self, None)
+        scale = self.scale[str(bits)]
+        if self.relu_first or not self.can_absorb_relu() or not self.is_initialized(bits) or \
+                not relu_pairing_applies(x, scale):
+            return torch.relu(x)
+        qmin, qmax = int_range(bits, signed=False)
+        rectified, out = relu_and_fake_quantize(x, scale, qmin, qmax, grad_factor=self._grad_factor(x, qmax))
+        _PREPARED[self] = (rectified, self._prepared_key(rectified, bits), out)
+        return rectified
+
     def forward(self, x: torch.Tensor, bits: int) -> torch.Tensor:
+        prepared = _PREPARED.pop(self, None) if _PREPARED else None
+        if prepared is not None and prepared[0] is x and prepared[1] == self._prepared_key(x, bits):
+            return prepared[2]
         if self.relu_first and not self.can_absorb_relu():
             from labkit.config import ConfigError
 
@@ -138,8 +175,7 @@ class ActivationQuantizer(nn.Module):
         if not self.is_initialized(bits):
             self.initialize(torch.relu(x) if self.relu_first else x, bits)
         qmin, qmax = int_range(bits, signed=self.signed)
-        # N of LSQ's g = 1/sqrt(N p) is the activations this scale covers in the (global) batch.
-        grad_factor = lsq_grad_scale(x.numel() * (_world_size() if self.training else 1), qmax)
+        grad_factor = self._grad_factor(x, qmax)
         scale = self.scale[str(bits)]
         if self.offset is None:
             return fake_quantize(x, scale, qmin, qmax, grad_factor=grad_factor, relu_first=self.relu_first)

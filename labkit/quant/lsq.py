@@ -366,21 +366,25 @@ def _clamp_as_aten(codes: torch.Tensor, settings: torch.Tensor) -> torch.Tensor:
     return torch.where(codes < settings[0], settings[0], torch.where(codes > settings[1], settings[1], codes))
 
 
-def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool, relu_first: bool = False):
+def _generic_forward_kernel(x, scale, settings, rounding: str, shifted: bool, centred: bool, relu_first: bool = False,
+                            keep_relu: bool = False):
     """:func:`_forward_kernel` with the bit-width in ``settings`` (:func:`_settings`), for ``torch.compile``.
 
     A bf16/fp16 ``x`` is quantized in the scale's precision and the result returned in ``x``'s dtype, as on the fused
     path: the casts are fused into the kernel instead of two passes around it. With ``relu_first`` the kernel
-    quantizes ``relu(x)`` (:func:`fake_quantize`'s ``relu_first``): the ReLU is one more operation in the same loop."""
+    quantizes ``relu(x)`` (:func:`fake_quantize`'s ``relu_first``): the ReLU is one more operation in the same loop.
+    With ``keep_relu`` too it returns ``(relu(x), x̂)``, both written by the same loop (:func:`relu_and_fake_quantize`)."""
     low = _low_precision(x, scale)
     if relu_first:
         x = torch.relu(x)
+        rectified = x
     first = torch.round((x.to(scale.dtype) if low else x) * scale.reciprocal())
     codes = _clamp_as_aten(_round_scaled(first * settings[2], rounding) if shifted else first, settings)
     if centred:
         codes = codes + settings[6]
     out = codes * (scale * settings[3])
-    return out.to(x.dtype) if low else out
+    out = out.to(x.dtype) if low else out
+    return (rectified, out) if keep_relu else out
 
 
 def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -398,7 +402,7 @@ def _sum_to_scale(per_element: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 
 
 def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: bool, centred: bool,
-                             relu_first: bool = False):
+                             relu_first: bool = False, grad_relu=None):
     """:func:`_backward_kernel` for ``torch.compile``: (grad_x in ``x``'s dtype, the scale gradient before the factor
     ``g``). For an fp32 ``x`` the reduction is fused into the kernel (:func:`_sum_to_scale`), so the per-element terms
     are never written out: one pass reads ``grad`` and ``x`` and writes ``grad_x``. For a bf16/fp16 ``x`` the kernel
@@ -407,7 +411,9 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     against 1.32 and 1.29 × four FP32 steps; no paired interval, so not resolved).
 
     With ``relu_first`` ``x`` is the ReLU's input: the terms are those of ``relu(x)``, and ∂/∂x is also 0 where
-    ``x ≤ 0``, as ReLU's own backward (``threshold_backward``) sets it."""
+    ``x ≤ 0``, as ReLU's own backward (``threshold_backward``) sets it. ``grad_relu`` (with ``relu_first``) is the
+    gradient of the ReLU's own output where other readers use it too (:func:`relu_and_fake_quantize`): it is added to
+    the quantizer's ∂/∂x before the ReLU's mask, as autograd sums the two before ReLU's backward."""
     low = _low_precision(x, scale)
     below = None
     if relu_first:
@@ -423,7 +429,10 @@ def _generic_backward_kernel(grad, x, scale, settings, rounding: str, shifted: b
     if centred:
         codes = codes + settings[6]
     per_element = (codes * settings[3] - v.masked_fill(outside, 0.0)) * (grad.to(scale.dtype) if low else grad)
-    grad_x = grad.masked_fill(outside if below is None else outside | below, 0.0)
+    if grad_relu is None:
+        grad_x = grad.masked_fill(outside if below is None else outside | below, 0.0)
+    else:
+        grad_x = (grad_relu + grad.masked_fill(outside, 0.0)).masked_fill(below, 0.0)
     return grad_x, per_element if low else _sum_to_scale(per_element, scale)
 
 
@@ -443,14 +452,19 @@ def _eager_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, of
     return grad_x.to(x.dtype), grad_scale
 
 
-def _eager_kernel(kernel: str, args: tuple, relu_first: bool):
+def _eager_kernel(kernel: str, args: tuple, relu_first: bool, keep_relu: bool = False, grad_relu=None):
     """The eager forward or backward on ``args``; with ``relu_first`` on ``relu(x)``, the backward's ∂/∂x then also
-    masked where ``x ≤ 0`` as ReLU's own backward masks it (so the values are those of a separate ReLU, bit for bit)."""
+    masked where ``x ≤ 0`` as ReLU's own backward masks it (so the values are those of a separate ReLU, bit for bit).
+    ``keep_relu`` and ``grad_relu`` as in the compiled kernels (:func:`_generic_forward_kernel`)."""
     if kernel == "forward":
         x, *rest = args
-        return _eager_forward(torch.relu(x) if relu_first else x, *rest)
+        rectified = torch.relu(x) if relu_first else x
+        out = _eager_forward(rectified, *rest)
+        return (rectified, out) if keep_relu else out
     grad, x, *rest = args
     grad_x, grad_scale = _eager_backward(grad, torch.relu(x) if relu_first else x, *rest)
+    if grad_relu is not None:
+        grad_x = grad_relu + grad_x
     if relu_first:
         grad_x = grad_x.masked_fill(x <= 0, 0.0)
     return grad_x, grad_scale
@@ -495,25 +509,30 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.detach()
 
 
-def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0, relu_first=False):
+def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0, relu_first=False, keep_relu=False):
     """The compiled forward; a channels_last ``x`` goes in as its contiguous NHWC view and comes back channels_last
     (the compiled kernels write contiguous outputs, which would cost the next conv a layout conversion)."""
     x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     out = _compiled("forward")(_to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
                                _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset),
-                               relu_first)
+                               relu_first, keep_relu)
+    if keep_relu:
+        return tuple(_from_nhwc(t) for t in out) if nhwc else out
     return _from_nhwc(out) if nhwc else out
 
 
-def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0, relu_first=False):
+def _compiled_backward(grad, x, scale, qmin, qmax, shift, rounding, grad_factor, offset=0.0, relu_first=False,
+                       grad_relu=None):
     x, scale = _plain(x), _plain(scale)
     nhwc = _nhwc(x)
     if nhwc:  # autograd may hand a gradient in another layout; the eager paths return x's
         grad = grad.contiguous(memory_format=torch.channels_last)
+        if grad_relu is not None:
+            grad_relu = _to_nhwc(grad_relu.contiguous(memory_format=torch.channels_last))
     grad_x, grad_scale = _compiled("backward")(
         _to_nhwc(grad) if nhwc else grad, _to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
-        _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset), relu_first)
+        _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset), relu_first, grad_relu)
     if nhwc:  # back to NCHW shapes with channels_last strides, as the eager paths give them
         grad_x = _from_nhwc(grad_x)
     if _low_precision(x, scale):  # the kernel returned the per-element terms: ATen sums them, as on the eager paths
@@ -532,19 +551,20 @@ def _compile_failed(error: Exception) -> None:
                   "on the eager fused path (the same values, to float rounding).", RuntimeWarning, stacklevel=3)
 
 
-def _run(kernel: str, *args, relu_first: bool = False):
+def _run(kernel: str, *args, relu_first: bool = False, **pair):
     """Call the installed forward/backward kernel; a compiled one that fails falls back to eager for good.
 
-    The eager kernel runs first on the same arguments: where it fails too, the input is at fault (a shape that does not
+    ``pair`` passes ``keep_relu`` (forward) or ``grad_relu`` (backward) of :func:`relu_and_fake_quantize` on. The
+    eager kernel runs first on the same arguments: where it fails too, the input is at fault (a shape that does not
     broadcast, ...), so its own error is raised and the compiled path stays."""
     function = _KERNELS[kernel]
     if function not in (_compiled_forward, _compiled_backward):
-        return _eager_kernel(kernel, args, relu_first) if relu_first else function(*args)
+        return _eager_kernel(kernel, args, relu_first, **pair) if relu_first else function(*args)
     try:
-        return function(*args, relu_first=relu_first)
+        return function(*args, relu_first=relu_first, **pair)
     except Exception as error:  # no working compiler (no C++ toolchain, unsupported platform, ...), or a bad input
         failure = error
-    result = _eager_kernel(kernel, args, relu_first)
+    result = _eager_kernel(kernel, args, relu_first, **pair)
     _compile_failed(failure)
     return result
 
@@ -575,6 +595,63 @@ class _FakeQuantize(torch.autograd.Function):
         else:
             grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings, relu_first=ctx.relu_first)
         return grad_x, grad_scale, None, None, None, None, None, None, None, None, None
+
+
+class _ReLUAndFakeQuantize(torch.autograd.Function):
+    """``(relu(x), fake_quantize(relu(x)))`` from one compiled loop each way (:func:`relu_and_fake_quantize`).
+
+    Saves ``x`` and the scale. The backward takes both gradients and returns the one ∂/∂x autograd would build for a
+    separate ReLU read by the quantizer and by others: the quantizer's masked gradient plus the others', then ReLU's
+    mask. Gradients are not materialised, so an output nobody used costs nothing in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale, qmin, qmax, grad_factor):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, scale)
+        ctx.settings = (qmin, qmax, 0, "half_even", grad_factor, 0.0)
+        return _run("forward", x, scale, qmin, qmax, 0, "half_even", 0.0, relu_first=True, keep_relu=True)
+
+    @staticmethod
+    def backward(ctx, grad_relu, grad_out):
+        x, scale = ctx.saved_tensors
+        if grad_out is None:  # only the ReLU's output was used: ReLU's own backward
+            return (None if grad_relu is None else grad_relu.masked_fill(x <= 0, 0.0)), None, None, None, None
+        if torch.is_grad_enabled():  # create_graph: the eager kernels, whose backward is differentiable
+            grad_x, grad_scale = _eager_kernel("backward", (grad_out, x, scale, *ctx.settings), True,
+                                               grad_relu=grad_relu)
+        else:
+            grad_x, grad_scale = _run("backward", grad_out, x, scale, *ctx.settings, relu_first=True,
+                                      grad_relu=grad_relu)
+        return grad_x, grad_scale, None, None, None
+
+
+def relu_pairing_applies(x: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Whether :func:`relu_and_fake_quantize` runs its fused kernels for this call: a training call (gradients wanted)
+    on the compiled kernels (``"auto"`` on the CPU, or ``"compiled"``), an ``x`` and scale the fused kernels take
+    (:func:`_fused_dtypes`)."""
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)
+    path = _KERNELS["path"]
+    if path == "auto":
+        path = "compiled" if wants_grad and x.device.type == "cpu" else "fused"
+    return wants_grad and path == "compiled" and _fused_dtypes(x, scale)
+
+
+def relu_and_fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, *,
+                           grad_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(r, fake_quantize(r, scale, qmin, qmax, grad_factor=grad_factor))`` with ``r = relu(x)``: the values and the
+    gradients of the two separate calls, bit for bit (LSQ gradients, no second rounding: an activation quantizer's).
+
+    For a ReLU whose output a quantized layer reads *and* something else does (the residual shortcut of the next
+    ResNet block): where :func:`relu_pairing_applies`, one compiled loop reads ``x`` and writes both tensors, and one
+    backward loop reads ``x`` and the two gradients and writes ∂/∂x (with the scale gradient summed in the same loop);
+    the separate calls make three passes forward (ReLU, quantizer) and six backward (quantizer, the sum of the two
+    gradients, ReLU's mask). Elsewhere it is the two separate calls. ``labkit.nn.ReLUWithQuantizedCopy`` uses it
+    (:mod:`labkit.relu_absorption`)."""
+    _check_scale_shape(x, scale)
+    if relu_pairing_applies(x, scale):
+        return _ReLUAndFakeQuantize.apply(x, scale, qmin, qmax, grad_factor)
+    rectified = torch.relu(x)
+    return rectified, fake_quantize(rectified, scale, qmin, qmax, grad_factor=grad_factor)
 
 
 def _fused_dtypes(x: torch.Tensor, scale: torch.Tensor) -> bool:

@@ -318,7 +318,9 @@ class JointTrainer:
             loss = self._loss(logits, labels, indices, bits, higher_logits, epoch)
             self._check_finite(loss, bits)
             loss.backward()
-            multiplier = self.alrs.multiplier(bits, self._layer_weight_scale_grads(before))
+            # Eq. 6's gradient term (opt-in) is the only reader of the per-layer scale gradients: gathered only for it
+            multiplier = self.alrs.multiplier(
+                bits, self._layer_weight_scale_grads(before) if self.alrs.use_gradient_term else ())
             correction = multiplier / self.alrs.factors[bits]
             if not a1:
                 set_learning_rates(self.optimizer, lr, lambda g: self._group_factor(g, bits, correction, {}))

@@ -315,6 +315,31 @@ def test_double_backward_as_the_separate_relu(dtype, no_compiler_fallback):
                 assert_same_bits(a, b, f"derivative {index}, {usage}, {path}, {dtype}")
 
 
+@pytest.mark.parametrize("failing", ["forward", "backward"])
+def test_a_compiler_failure_falls_back_to_the_eager_pair(monkeypatch, failing):
+    """Where a compiled kernel fails (no C++ compiler), the eager kernels take over the paired call, with the ReLU
+    and the sum of both gradients: the separate calls' bits on the eager fused path, and one warning."""
+    scale = torch.tensor(0.0625)
+    x = op_input((4, 6, 9, 9), scale, 15, torch.float32, seed=9)
+    grad_r, grad_y = upstream_gradient(x.shape, 9, torch.float32), upstream_gradient(x.shape, 10, torch.float32)
+    expected = run_op("fused", False, x, scale, 15, "both", grad_r, grad_y)[:4]
+    use_fake_quant_path("compiled")
+    lsq._compiled(failing)
+
+    def fails(*args):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setitem(lsq._COMPILED, failing, fails)
+    leaf_x, leaf_scale = x.clone().requires_grad_(), scale.clone().requires_grad_()
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
+        r, y = relu_and_fake_quantize(leaf_x, leaf_scale, 0, 15, grad_factor=GRAD_FACTOR)
+        assert type(r.grad_fn).__name__ == PAIRED_NODE
+        grad_x, grad_scale = torch.autograd.grad((r, y), (leaf_x, leaf_scale), (grad_r, grad_y))
+    assert fake_quant_path() == "fused"
+    for name, a, b in zip(("relu output", "quantized output", "grad_x", "grad_scale"), (r, y, grad_x, grad_scale),
+                          expected):
+        assert_same_bits(a, b, f"fallback in the {failing}, {name}")
+
+
 def test_relu_pairing_applies_truth_table():
     """Pairing runs for a training call on the compiled kernels only: ``auto`` on the CPU with a gradient wanted, or
     ``compiled``; never without a gradient (``no_grad``, an evaluation, nothing requiring grad), never on the eager
@@ -427,6 +452,26 @@ def test_which_quantizers_keep_an_output(options, kept, no_compiler_fallback):
     assert len(activation._PREPARED) == int(kept)
     assert_same_bits(r, torch.relu(x), "relu output")
     activation._PREPARED.clear()
+
+
+def test_an_evaluation_keeps_nothing_under_no_grad_and_pairs_with_grad(no_compiler_fallback):
+    """``eval()`` under ``no_grad`` (an evaluation): PyTorch's ReLU, nothing kept, the quantizer's output as always.
+    ``eval()`` with gradients (a Hessian trace on a model in eval mode): a training call on the compiled kernels, so
+    it pairs, and the kept output is that of the eval-mode quantizer."""
+    use_fake_quant_path("auto")
+    quantizer = trained_quantizer().eval()
+    reference = copy.deepcopy(quantizer)
+    x = torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        r = quantizer.relu_and_quantize(x, 2)
+        assert r.grad_fn is None and len(activation._PREPARED) == 0
+        assert_same_bits(quantizer(r, 2), reference(torch.relu(x), 2), "eval output under no_grad")
+    x = x.requires_grad_()
+    r = quantizer.relu_and_quantize(x, 2)
+    assert type(r.grad_fn).__name__ == PAIRED_NODE
+    y = quantizer(r, 2)
+    assert y.grad_fn is r.grad_fn and len(activation._PREPARED) == 0
+    assert_same_bits(y, reference(torch.relu(x), 2), "eval output with gradients")
 
 
 # ------------------------------------------------------------------ models

@@ -771,8 +771,7 @@ def test_preact_resnet20_pairs_nothing():
     assert len([m for m in paired.modules() if isinstance(m, AbsorbedReLU)]) == 18
 
 
-def test_absorb_relu_false_pairs_nothing_and_quantizes_as_always(no_compiler_fallback):
-    use_fake_quant_path("auto")
+def test_absorb_relu_false_pairs_nothing():
     _, plain = resnet_pair(bits=(8, 2))
     assert paired_map(plain) == {}
     assert [type(m) for m in plain.modules() if isinstance(m, nn.ReLU)] == [nn.ReLU] * 19

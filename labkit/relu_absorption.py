@@ -12,8 +12,9 @@ benchmark row times the model with every ReLU kept beside it).
 
 A ReLU is taken in only where that changes nothing the model computes: ``torch.fx`` traces the model, and the ReLU
 must be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer, itself called once, with an
-unsigned LSQ activation quantizer (not DoReFa's clamp) and no padding of its own before it; an in-place ReLU also
-must be the only reader of its input. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that
+unsigned LSQ activation quantizer (not DoReFa's clamp) and no padding of its own before it. Its input must be a fresh
+tensor only it reads (the output of a batch norm, convolution, linear layer or sum), since the quantizer saves that
+input for the backward where PyTorch's ReLU saves its output: a later in-place write to it would fail the backward. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that
 names the layer doing its work, so ``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
 keeps every ReLU.
 
@@ -33,6 +34,8 @@ included), its full backward hook a ``grad_input`` already masked by the ReLU, a
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
@@ -42,6 +45,28 @@ from labkit.nn import AbsorbedReLU, QConv2d, QuantizedLayer, ReLUWithQuantizedCo
 def _has_hooks(module: nn.Module) -> bool:
     return any(getattr(module, name, None) for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
                                                          "_backward_pre_hooks"))
+
+
+# What may produce a ReLU's input: operations whose output is a fresh tensor (not a view of another one).
+_FRESH_MODULES = (nn.modules.batchnorm._BatchNorm, nn.Conv2d, nn.Linear, QuantizedLayer)
+_FRESH_FUNCTIONS = (operator.add, torch.add)
+
+
+def _private_input(model: nn.Module, source) -> bool:
+    """Whether the ReLU's input is a fresh tensor that only the ReLU reads, so that nothing writes to it in place
+    later: an absorbed or paired ReLU saves its *input* for the backward (PyTorch's ReLU saves its output), and a later
+    in-place write to that input would fail the backward. Produced by a batch norm, convolution, linear layer or a sum
+    (``torch.fx`` records ``out += x`` as a sum), not a view and not the model's own input."""
+    if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
+        return False
+    if source.op == "call_module":
+        from labkit.nn import SwitchableBatchNorm2d, TransitionalBatchNorm2d
+
+        return isinstance(model.get_submodule(source.target),
+                          (*_FRESH_MODULES, SwitchableBatchNorm2d, TransitionalBatchNorm2d))
+    if source.op == "call_function":
+        return source.target in _FRESH_FUNCTIONS
+    return source.op == "call_method" and source.target == "add"
 
 
 def _takes_relu(model: nn.Module, reader, node, calls: dict[str, int]) -> bool:
@@ -76,17 +101,12 @@ def _relu_readers(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
         relu = model.get_submodule(node.target)
         if _has_hooks(relu):  # a hook on the ReLU must keep seeing its output (replacing the module would drop it)
             continue
-        if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+        if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs or not _private_input(model, node.args[0]):
             continue
         if len(node.users) == 1:
             (reader,) = node.users
-            if not _takes_relu(model, reader, node, calls):
-                continue
-            source = node.args[0]
-            if relu.inplace and (not isinstance(source, torch.fx.Node) or source.op == "placeholder"
-                                 or len(source.users) != 1):
-                continue  # an in-place ReLU also overwrites its input: only where nothing else (nor the caller) reads it
-            absorbable[node.target] = reader.target
+            if _takes_relu(model, reader, node, calls):
+                absorbable[node.target] = reader.target
         elif not relu.inplace:
             readers = [reader for reader in node.users if _takes_relu(model, reader, node, calls)]
             if readers:

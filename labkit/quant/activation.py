@@ -146,13 +146,17 @@ class ActivationQuantizer(nn.Module):
         return bits, x._version, scale._version, id(scale), torch.is_grad_enabled(), self.training
 
     def relu_and_quantize(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        """``relu(x)``; where the fused kernels run (:func:`labkit.quant.lsq.relu_pairing_applies`) this quantizer's
-        output on it is computed in the same loop and kept for this quantizer's next call with that very tensor, at the
-        same bit-width (else it is dropped and the call quantizes as always). Same values and gradients as a ReLU
-        followed by this quantizer (:func:`labkit.quant.lsq.relu_and_fake_quantize`)."""
+        """``relu(x)``; in training mode, where the fused kernels run (:func:`labkit.quant.lsq.relu_pairing_applies`),
+        this quantizer's output on it is computed in the same loop and kept for this quantizer's next call with that
+        very tensor, at the same bit-width (else it is dropped and the call quantizes as always). Same values and
+        gradients as a ReLU followed by this quantizer (:func:`labkit.quant.lsq.relu_and_fake_quantize`).
+
+        Not in evaluation mode: there a gradient is wanted for HASB's Hessian traces (``create_graph=True``), and a
+        second derivative through the paired node sums its terms in another order than through a separate ReLU (the
+        same value to float rounding, ~1e-5 relative, not the same bits)."""
         _PREPARED.pop(self, None)
         scale = self.scale[str(bits)]
-        if self.relu_first or not self.can_absorb_relu() or not self.is_initialized(bits) or \
+        if not self.training or self.relu_first or not self.can_absorb_relu() or not self.is_initialized(bits) or \
                 not relu_pairing_applies(x, scale):
             return torch.relu(x)
         qmin, qmax = int_range(bits, signed=False)

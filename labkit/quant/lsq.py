@@ -614,8 +614,9 @@ class _ReLUAndFakeQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_relu, grad_out):
         x, scale = ctx.saved_tensors
-        if grad_out is None:  # only the ReLU's output was used: ReLU's own backward
-            return (None if grad_relu is None else grad_relu.masked_fill(x <= 0, 0.0)), None, None, None, None
+        if grad_out is None:  # only the ReLU's output was used: ReLU's own backward (x ≤ 0 exactly where relu(x) ≤ 0)
+            return (None if grad_relu is None else torch.ops.aten.threshold_backward(grad_relu, x, 0.0)), None, None, \
+                None, None
         if torch.is_grad_enabled():  # create_graph: the eager kernels, whose backward is differentiable
             grad_x, grad_scale = _eager_kernel("backward", (grad_out, x, scale, *ctx.settings), True,
                                                grad_relu=grad_relu)

@@ -9,8 +9,8 @@ side by side in one process:
 - ``absorbed_only``: the same, with those 9 turned back into plain ``nn.ReLU`` modules (the default before pairing);
 - ``kept``: ``absorb_relu=False``, every ReLU its own operation.
 
-Every round times one joint step of each, in an order that alternates (forward, then reversed), and each per-round
-ratio is a sample. A result is the mean ratio with its 95 % t-interval over rounds
+Every round times one joint step of each, in an order that rotates (ABC, BCA, CAB, then the same reversed), so each arm
+runs in each position equally often; each per-round ratio is a sample. A result is the mean ratio with its 95 % t-interval over rounds
 (``labkit.statistics.paired_difference`` against 1): "real" only where the interval excludes 1.
 
     python benchmarks/relu_absorption_ab.py [--rounds 40] [--threads 1 2] [--json benchmarks/relu_absorption_results.json]
@@ -73,7 +73,10 @@ def measure(threads: int, rounds: int, batch: int = 128) -> dict:
             step()
     seconds = {name: [] for name in models}
     for index in range(rounds):
-        order = list(models) if index % 2 == 0 else list(models)[::-1]
+        names = list(models)  # every arm in every position equally often: rotate, and reverse every other cycle
+        order = names[index % len(names):] + names[:index % len(names)]
+        if (index // len(names)) % 2:
+            order = order[::-1]
         for name in order:
             start = time.perf_counter()
             steps[name]()

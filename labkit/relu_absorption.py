@@ -23,7 +23,9 @@ A ReLU whose output a quantized layer reads *and* something else does — in Res
 output. It becomes a :class:`labkit.nn.ReLUWithQuantizedCopy`: in a training step on the compiled kernels it computes
 the ReLU and that layer's fake-quantized input in one loop and hands the latter to the layer's quantizer
 (:func:`labkit.quant.lsq.relu_and_fake_quantize`; the same values and gradients bit for bit). The same conditions hold
-for the ReLU and for that layer, except that the ReLU may have more readers and must not be in place.
+for the ReLU and for that layer, except that the ReLU has exactly one other reader (reading it once; with more,
+autograd would add the gradients in another order) and must not be in place. It pairs only in training mode, outside a
+backward pass and outside a checkpointed segment (the layer's quantizer checks before it uses the kept output).
 
 A ReLU module that carries a hook when the model is quantized keeps its place (the hook keeps seeing its output).
 What to know for hooks added later: the absorbing layer's forward pre-hook sees the ReLU's *input* (negatives
@@ -56,7 +58,8 @@ def _private_input(model: nn.Module, source) -> bool:
     """Whether the ReLU's input is a fresh tensor that only the ReLU reads, so that nothing writes to it in place
     later: an absorbed or paired ReLU saves its *input* for the backward (PyTorch's ReLU saves its output), and a later
     in-place write to that input would fail the backward. Produced by a batch norm, convolution, linear layer or a sum
-    (``torch.fx`` records ``out += x`` as a sum), not a view and not the model's own input."""
+    (``torch.fx`` records ``out += x`` as a sum, so its first operand must be such a tensor too), not a view and not
+    the model's own input."""
     if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
         return False
     if source.op == "call_module":
@@ -64,9 +67,18 @@ def _private_input(model: nn.Module, source) -> bool:
 
         return isinstance(model.get_submodule(source.target),
                           (*_FRESH_MODULES, SwitchableBatchNorm2d, TransitionalBatchNorm2d))
-    if source.op == "call_function":
-        return source.target in _FRESH_FUNCTIONS
-    return source.op == "call_method" and source.target == "add"
+    if source.op == "call_function" and source.target in _FRESH_FUNCTIONS or \
+            source.op == "call_method" and source.target == "add":
+        # ``a += y`` (in place on ``a`` at run time) is traced as a sum, so ``a`` must be private as well
+        return _private_input(model, source.args[0]) if source.args else False
+    return False
+
+
+def _reads_once(reader, node) -> bool:
+    """Whether ``node`` appears once among ``reader``'s arguments (``r + r`` reads it twice)."""
+    seen = []
+    torch.fx.node.map_arg((reader.args, reader.kwargs), lambda n: seen.append(n) if n is node else None)
+    return len(seen) == 1
 
 
 def _takes_relu(model: nn.Module, reader, node, calls: dict[str, int]) -> bool:
@@ -107,9 +119,11 @@ def _relu_readers(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
             (reader,) = node.users
             if _takes_relu(model, reader, node, calls):
                 absorbable[node.target] = reader.target
-        elif not relu.inplace:
+        elif len(node.users) == 2 and not relu.inplace:
+            # two readers, each reading the output once: autograd's sum of their two gradients is the one sum the
+            # paired backward makes (with more, autograd would add them in another order: other bits)
             readers = [reader for reader in node.users if _takes_relu(model, reader, node, calls)]
-            if readers:
+            if readers and all(_reads_once(reader, node) for reader in node.users):
                 paired[node.target] = readers[0].target
     return absorbable, paired
 

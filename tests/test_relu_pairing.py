@@ -22,6 +22,7 @@ import io
 
 import pytest
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -957,3 +958,107 @@ def test_layer_tracer_and_layer_predecessors_on_a_paired_model():
     assert layer_predecessors(paired, layers, method="fx") == expected
     example = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(10))
     assert layer_predecessors(paired, layers, method="hooks", example_input=example) == expected
+
+
+# ------------------------------------------------------------------ from the review: readers, aliases, checkpoints
+
+
+class ThreeReaders(Residual):
+    """``relu_a``'s output is read by ``conv1``, the residual sum and a pooling branch: three gradients, which
+    autograd adds in its own order, so it is not paired (``relu_b`` → ``conv2`` is still absorbed)."""
+
+    def forward(self, x):
+        r = self.relu_a(self.bn(self.stem(x)))
+        return self.head(self.conv2(self.relu_b(self.bn1(self.conv1(r)) + r))) + self.head(r)
+
+
+class ReadTwice(Residual):
+    """The other reader of ``relu_a``'s output reads it twice (``r + r``): two gradients there too, not paired."""
+
+    def forward(self, x):
+        r = self.relu_a(self.bn(self.stem(x)))
+        return self.head(self.conv2(self.relu_b(self.bn1(self.conv1(r)) + (r + r))))
+
+
+class AliasedSum(Residual):
+    """``a += 1`` runs in place on the batch norm's output, which fx records as a sum; an alias of it is written
+    later. The ReLU's input is that tensor, so neither ReLU of the sum's chain may be taken in."""
+
+    def forward(self, x):
+        a = self.bn(self.stem(x))
+        b = a
+        a += 1.0
+        r = self.relu_a(a)
+        z = self.conv1(r) + r
+        b.mul_(0.5)
+        return self.head(self.conv2(self.relu_b(self.bn1(z)))) + b.mean()
+
+
+@pytest.mark.parametrize("model_class", [ThreeReaders, ReadTwice, AliasedSum], ids=lambda c: c.__name__)
+def test_more_gradients_or_an_aliased_input_are_not_paired(model_class, no_compiler_fallback):
+    """Not paired, and the model trains with the same bits as the ``absorb_relu=False`` one (before the review a
+    third reader changed the input gradients' bits and the aliased sum failed the backward)."""
+    use_fake_quant_path("auto")
+    paired, plain = quantize_small(model_class)
+    assert paired_map(paired) == {}
+    assert training_step_bits(paired, plain, model_class.__name__) == {}
+
+
+class Checkpointed(nn.Module):
+    """A module run through ``torch.utils.checkpoint`` (added after quantization, as a user would)."""
+
+    def __init__(self, inner: nn.Module, reentrant: bool):
+        super().__init__()
+        self.inner, self.reentrant = inner, reentrant
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.inner, x, use_reentrant=self.reentrant)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_checkpointed_blocks_train_as_without_pairing(reentrant, no_compiler_fallback):
+    """Every ResNet-20 block checkpointed: a paired ReLU and its layer then sit in different segments (and a block's
+    recompute runs inside the backward). Nothing pairs there, the steps give the same bits as ``absorb_relu=False``
+    (before the review the non-reentrant recompute raised a CheckpointError), and nothing is kept after a backward."""
+    use_fake_quant_path("auto")
+    paired, plain = resnet_pair(bits=(8, 2))
+    for model in (paired, plain):
+        for stage in (model.layer1, model.layer2, model.layer3):
+            for index in range(len(stage)):
+                stage[index] = Checkpointed(stage[index], reentrant)
+    gen = torch.Generator().manual_seed(13)
+    images, labels = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 10, (4,), generator=gen)
+    counter = PairingCounter(paired)
+    for step in range(2):
+        for bits in (8, 2):
+            results = []
+            for model in (paired, plain):
+                labkit.set_bits(model.train(), bits)
+                image = images.clone().requires_grad_()
+                model.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(image), labels)
+                loss.backward()  # (a reentrant checkpoint does not take torch.autograd.grad)
+                names, params = zip(*model.named_parameters())
+                results.append((loss.detach(), image.grad) + tuple(p.grad for p in params))
+                assert len(activation._PREPARED) == 0, f"kept outputs left after the backward ({model is paired})"
+            for name, a, b in zip(("loss", "grad input") + names, *results):
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert_same_bits(a, b, f"step {step}, {bits} bits: {name}")
+    assert counter.take() == {}
+    counter.remove()
+
+
+def test_a_channels_last_relu_output_can_be_written_in_place(no_compiler_fallback):
+    """As PyTorch's ReLU output: the paired ``r`` of a channels_last ``x`` is not a view of the kernel's NHWC buffer,
+    so an in-place write to it is allowed (before the review it raised)."""
+    use_fake_quant_path("auto")
+    x = torch.randn(2, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    scale = torch.tensor(0.1, requires_grad=True)
+    r, y = lsq.relu_and_fake_quantize(x, scale, 0, 15, grad_factor=0.01)
+    assert type(r.grad_fn).__name__ == PAIRED_NODE and r.is_contiguous(memory_format=torch.channels_last)
+    expected = torch.relu(x.detach()) * 2.0
+    r.mul_(2.0)
+    assert_same_bits(r.detach(), expected, "r after an in-place write")
+    (r.sum() + y.sum()).backward()
+    assert x.grad is not None

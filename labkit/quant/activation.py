@@ -37,6 +37,18 @@ INIT_RULES = ("lsq", "percentile", "dorefa")
 _PREPARED: "weakref.WeakKeyDictionary[ActivationQuantizer, tuple]" = weakref.WeakKeyDictionary()
 
 
+def _outside_backward_and_checkpoints() -> bool:
+    """No backward pass is running (a reentrant checkpoint recomputes its segment inside one) and no saved-tensor hooks
+    are on (a non-reentrant checkpoint's segment). A ReLU pairs only then, and its layer uses the kept output only then:
+    a checkpointed segment must save the same tensors when it is recomputed. Private autograd queries (torch 2.14);
+    where they are missing, nothing pairs."""
+    try:
+        return torch._C._current_graph_task_id() == -1 and \
+            torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+
+
 def _world_size() -> int:
     """Processes training together (1 without an initialised torch.distributed process group)."""
     dist = torch.distributed
@@ -141,9 +153,10 @@ class ActivationQuantizer(nn.Module):
 
     def _prepared_key(self, x: torch.Tensor, bits: int) -> tuple:
         """What must be the same when the kept output is used: the bit-width, the tensor's and the scale's versions
-        (nothing wrote to either in between), grad mode and train/eval mode."""
+        (nothing wrote to either in between), grad mode, train/eval mode, and no backward or checkpoint around."""
         scale = self.scale[str(bits)]
-        return bits, x._version, scale._version, id(scale), torch.is_grad_enabled(), self.training
+        return (bits, x._version, scale._version, id(scale), torch.is_grad_enabled(), self.training,
+                _outside_backward_and_checkpoints())
 
     def relu_and_quantize(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         """``relu(x)``; in training mode, where the fused kernels run (:func:`labkit.quant.lsq.relu_pairing_applies`),
@@ -151,13 +164,15 @@ class ActivationQuantizer(nn.Module):
         very tensor, at the same bit-width (else it is dropped and the call quantizes as always). Same values and
         gradients as a ReLU followed by this quantizer (:func:`labkit.quant.lsq.relu_and_fake_quantize`).
 
-        Not in evaluation mode: there a gradient is wanted for HASB's Hessian traces (``create_graph=True``), and a
+        Not inside a backward pass or a checkpointed segment (:func:`_outside_backward_and_checkpoints`), and not where
+        the scale lives on another device than ``x`` (a ``DataParallel`` replica, whose ReLU still names the original
+        layer). Not in evaluation mode: there a gradient is wanted for HASB's Hessian traces (``create_graph=True``), and a
         second derivative through the paired node sums its terms in another order than through a separate ReLU (the
         same value to float rounding, ~1e-5 relative, not the same bits)."""
         _PREPARED.pop(self, None)
         scale = self.scale[str(bits)]
         if not self.training or self.relu_first or not self.can_absorb_relu() or not self.is_initialized(bits) or \
-                not relu_pairing_applies(x, scale):
+                not relu_pairing_applies(x, scale) or scale.device != x.device or not _outside_backward_and_checkpoints():
             return torch.relu(x)
         qmin, qmax = int_range(bits, signed=False)
         rectified, out = relu_and_fake_quantize(x, scale, qmin, qmax, grad_factor=self._grad_factor(x, qmax))
@@ -177,7 +192,7 @@ class ActivationQuantizer(nn.Module):
         if self.init == "dorefa":  # clamp first, as DoReFa does: no gradient above 1 (not even within half a step)
             x = x.clamp(0.0, 1.0)
         if not self.is_initialized(bits):
-            self.initialize(torch.relu(x) if self.relu_first else x, bits)
+            self.initialize(torch.relu(x.detach()) if self.relu_first else x, bits)  # no graph node (checkpoints)
         qmin, qmax = int_range(bits, signed=self.signed)
         grad_factor = self._grad_factor(x, qmax)
         scale = self.scale[str(bits)]

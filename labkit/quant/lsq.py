@@ -517,8 +517,8 @@ def _compiled_forward(x, scale, qmin, qmax, shift, rounding, offset=0.0, relu_fi
     out = _compiled("forward")(_to_nhwc(x) if nhwc else x, _to_nhwc(scale) if nhwc else scale,
                                _settings(qmin, qmax, shift, offset, scale), rounding, shift > 0, bool(offset),
                                relu_first, keep_relu)
-    if keep_relu:
-        return tuple(_from_nhwc(t) for t in out) if nhwc else out
+    if keep_relu:  # not views of the kernel's NHWC outputs: a ReLU's output may be written in place, as PyTorch's
+        return tuple(_from_nhwc(t).detach() for t in out) if nhwc else out
     return _from_nhwc(out) if nhwc else out
 
 
@@ -644,9 +644,13 @@ def relu_and_fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax
 
     For a ReLU whose output a quantized layer reads *and* something else does (the residual shortcut of the next
     ResNet block): where :func:`relu_pairing_applies`, one compiled loop reads ``x`` and writes both tensors, and one
-    backward loop reads ``x`` and the two gradients and writes ∂/∂x (with the scale gradient summed in the same loop);
+    backward loop reads ``x`` and the two gradients and writes ∂/∂x (for an fp32 ``x`` with the scale gradient summed in
+    the same loop; for bf16 ATen sums the per-element terms, as for :func:`fake_quantize`);
     the separate calls make three passes forward (ReLU, quantizer) and six backward (quantizer, the sum of the two
-    gradients, ReLU's mask). Elsewhere it is the two separate calls. ``labkit.nn.ReLUWithQuantizedCopy`` uses it
+    gradients, ReLU's mask). Elsewhere it is the two separate calls. The backward adds the quantizer's ∂/∂x to the
+    gradient of ``r`` once: with two readers of ``r`` (the quantizer and one other) that is autograd's own sum, the same
+    bits; with more, autograd would add them in another order (:mod:`labkit.relu_absorption` pairs only the first
+    case). ``labkit.nn.ReLUWithQuantizedCopy`` uses it
     (:mod:`labkit.relu_absorption`)."""
     _check_scale_shape(x, scale)
     if relu_pairing_applies(x, scale):

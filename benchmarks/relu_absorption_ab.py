@@ -15,7 +15,7 @@ runs in each position equally often; each per-round ratio is a sample. A result 
 
     python benchmarks/relu_absorption_ab.py [--rounds 40] [--threads 1 2] [--json benchmarks/relu_absorption_results.json]
 
-~4 s a round at 1 thread and ~2.7 s at 2 on the lab's 2-core AMD EPYC (plus ~40 s of warm-up).
+~3.9 s a round at 1 thread and ~2.5 s at 2 on the lab's 2-core AMD EPYC (plus ~40 s of warm-up).
 """
 from __future__ import annotations
 

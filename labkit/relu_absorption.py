@@ -14,8 +14,9 @@ A ReLU is taken in only where that changes nothing the model computes: ``torch.f
 must be a ``nn.ReLU`` module called once, whose output goes only to one quantized layer, itself called once, with an
 unsigned LSQ activation quantizer (not DoReFa's clamp) and no padding of its own before it. Its input must be a fresh
 tensor only it reads (the output of a batch norm, convolution, linear layer or sum), since the quantizer saves that
-input for the backward where PyTorch's ReLU saves its output: a later in-place write to it would fail the backward. Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that
-names the layer doing its work, so ``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
+input for the backward where PyTorch's ReLU saves its output: a later in-place write to it would fail the backward.
+Its module is replaced by :class:`labkit.nn.AbsorbedReLU`, an identity that names the layer doing its work, so
+``print(model)`` shows where it went. A model that ``torch.fx`` cannot trace
 keeps every ReLU.
 
 A ReLU whose output a quantized layer reads *and* something else does — in ResNet-20 the ReLU after each residual sum
@@ -25,7 +26,10 @@ the ReLU and that layer's fake-quantized input in one loop and hands the latter 
 (:func:`labkit.quant.lsq.relu_and_fake_quantize`; the same values and gradients bit for bit). The same conditions hold
 for the ReLU and for that layer, except that the ReLU has exactly one other reader (reading it once; with more,
 autograd would add the gradients in another order) and must not be in place. It pairs only in training mode, outside a
-backward pass and outside a checkpointed segment (the layer's quantizer checks before it uses the kept output).
+backward pass and outside a checkpointed segment (the layer's quantizer checks before it uses the kept output). The
+layer uses the kept output only when it is called on that very tensor, unchanged: a forward pre-hook that returns
+another input, or a full backward hook (which wraps the input), turns the pairing off for that call, with the same
+results. fp32 and bf16 (autocast) are checked bit for bit (``tests/test_relu_pairing.py``).
 
 A ReLU module that carries a hook when the model is quantized keeps its place (the hook keeps seeing its output).
 What to know for hooks added later: the absorbing layer's forward pre-hook sees the ReLU's *input* (negatives
@@ -59,7 +63,7 @@ def _private_input(model: nn.Module, source) -> bool:
     later: an absorbed or paired ReLU saves its *input* for the backward (PyTorch's ReLU saves its output), and a later
     in-place write to that input would fail the backward. Produced by a batch norm, convolution, linear layer or a sum
     (``torch.fx`` records ``out += x`` as a sum, so its first operand must be such a tensor too), not a view and not
-    the model's own input."""
+    the model's own input. (Convolutions: ``nn.Conv2d`` and the quantized layers.)"""
     if not isinstance(source, torch.fx.Node) or len(source.users) != 1:
         return False
     if source.op == "call_module":

@@ -1062,3 +1062,32 @@ def test_a_channels_last_relu_output_can_be_written_in_place(no_compiler_fallbac
     assert_same_bits(r.detach(), expected, "r after an in-place write")
     (r.sum() + y.sum()).backward()
     assert x.grad is not None
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # scripts/gpu_check.sh runs the cuda cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_pair_on_each_device(device, dtype, no_compiler_fallback):
+    """On the ``"compiled"`` path (which pairs on CUDA too; ``"auto"`` keeps CUDA eager): both outputs and ∂/∂x the
+    same bits as ``torch.relu`` then ``fake_quantize`` on that path, the scale gradient within 2 float32 steps of the
+    unfused call's."""
+    use_fake_quant_path("compiled")
+    scale = torch.tensor(0.0625, device=device)
+    x = op_input((4, 6, 7, 7), scale.cpu(), 15, dtype, seed=21).to(device)
+    grad_r, grad_y = (upstream_gradient(x.shape, seed, dtype).to(device) for seed in (22, 23))
+    outputs = []
+    for paired in (True, False):
+        leaf, step = x.clone().requires_grad_(), scale.clone().requires_grad_()
+        if paired:
+            r, y = relu_and_fake_quantize(leaf, step, 0, 15, grad_factor=0.01)
+            assert type(r.grad_fn).__name__ == PAIRED_NODE
+        else:
+            r = torch.relu(leaf)
+            y = fake_quantize(r, step, 0, 15, grad_factor=0.01)
+        torch.autograd.backward([r, y], [grad_r, grad_y])
+        outputs.append((r.detach(), y.detach(), leaf.grad, step.grad))
+    for name, a, b in zip(("r", "y", "grad x"), outputs[0][:3], outputs[1][:3]):
+        assert_same_bits(a, b, f"{device} {name}")
+    torch.testing.assert_close(outputs[0][3], outputs[1][3], rtol=2.0 ** -22, atol=0.0)

@@ -42,3 +42,19 @@ def test_side_by_side_pairs_each_round_and_records_cpu_time():
     assert len(timer.wall["a"]) == len(timer.cpu["b"]) == 3
     timer.wall = {"a": [2.0, 9.0, 4.0], "b": [1.0, 3.0, 1.0]}
     assert timer.ratio("a", "b") == 3.0 and timer.ratio("a", "b", divide=4) == 0.75  # median of per-round ratios
+
+
+def test_each_thread_count_is_timed_in_its_own_loop():
+    """``time_per_thread_count``: every call of the 1-thread candidates comes before any 2-thread call (no round
+    switches thread counts between candidates), each call runs at its own count, and every candidate has its rounds."""
+    calls = []
+    candidates = {f"{name}_t{t}": speed.with_threads(t, lambda name=name, t=t: calls.append((name, t,
+                                                                                             torch.get_num_threads())))
+                  for t in (2, 1) for name in ("a", "b")}
+    before = torch.get_num_threads()
+    timer = speed.time_per_thread_count(candidates, 3, dict(lsq._KERNELS), warm_up=1)
+    counts = [t for _, t, _ in calls]
+    assert counts == [2] * 8 + [1] * 8  # in the candidates' order: t2 (a warm-up and 3 rounds each), then t1
+    assert all(t == running for _, t, running in calls)
+    assert set(timer.wall) == set(candidates) and all(len(v) == 3 for v in timer.wall.values())
+    assert all(len(v) == 3 for v in timer.cpu.values()) and torch.get_num_threads() == before

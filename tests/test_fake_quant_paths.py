@@ -17,6 +17,7 @@ import warnings
 import pytest
 import torch
 
+from bit_exact import assert_same_bits, bits_of
 from labkit.quant import lsq, rounding
 from labkit.quant.lsq import code_bounds, fake_quant_path, fake_quantize, use_fake_quant_path
 from labkit.quant.rounding import ROUNDING_RULES, shift_round_float
@@ -26,19 +27,6 @@ from labkit.quant.rounding import ROUNDING_RULES, shift_round_float
 def default_path_after():
     yield
     use_fake_quant_path(lsq.DEFAULT_PATH)
-
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits of a float tensor (so -0.0 and +0.0 differ, and NaN payloads count)."""
-    return t.detach().contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64,
-                                          torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
-
-
-def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, what
-    same = bits_of(a) == bits_of(b)
-    assert bool(same.all()), f"{what}: {int((~same).sum())} of {same.numel()} elements differ, e.g. " \
-                             f"{a.flatten()[~same.flatten()][:4].tolist()} vs {b.flatten()[~same.flatten()][:4].tolist()}"
 
 
 def boundary_values(scale: torch.Tensor, shape, shift: int, seed: int, dtype=torch.float32) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bit_exact import assert_same_bits, bits_of, no_compiler_fallback  # noqa: F401 (a fixture)
 import labkit
 from labkit.config import ConfigError
 from labkit.convert import apply_plan, plan_quantization, quantized_layers
@@ -52,28 +53,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits of a float tensor (so -0.0 and +0.0 differ)."""
-    return t.detach().contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64,
-                                          torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
-
-
-def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    assert a.dtype == b.dtype and a.shape == b.shape, \
-        f"{what}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
-    same = bits_of(a) == bits_of(b)
-    assert bool(same.all()), f"{what}: {int((~same).sum())} of {same.numel()} elements differ, e.g. " \
-                             f"{a.flatten()[~same.flatten()][:4].tolist()} vs {b.flatten()[~same.flatten()][:4].tolist()}"
-
-
-@pytest.fixture
-def no_compiler_fallback():
-    """A compiler fallback (the one-line RuntimeWarning of :mod:`labkit.quant.lsq`) is a failure here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
-    assert lsq.compile_error() is None
 
 
 # ------------------------------------------------------------------ the op: fake_quantize(..., relu_first=True)

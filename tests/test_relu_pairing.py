@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
+from bit_exact import assert_same_bits, bits_of, no_compiler_fallback  # noqa: F401 (a fixture)
 import labkit
 from labkit.convert import apply_plan, plan_quantization, quantized_layers
 from labkit.hasb.graph import LayerTracer, layer_predecessors
@@ -66,35 +67,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_compiler_fallback():
-    """A compiler fallback (the one-line RuntimeWarning of :mod:`labkit.quant.lsq`) is a failure here."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        yield
-    assert lsq.compile_error() is None
-
-
-def bits_of(t: torch.Tensor) -> torch.Tensor:
-    """The raw bits of a float tensor (so -0.0 and +0.0 differ)."""
-    return t.detach().contiguous().view({torch.float32: torch.int32, torch.float64: torch.int64,
-                                          torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
-
-
-def assert_same_bits(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), f"{what}: {type(a)} vs {type(b)}"
-    assert a.dtype == b.dtype and a.shape == b.shape, \
-        f"{what}: {a.dtype} {tuple(a.shape)} vs {b.dtype} {tuple(b.shape)}"
-    if not a.is_floating_point():
-        assert torch.equal(a, b), what
-        return
-    same = bits_of(a) == bits_of(b)
-    assert bool(same.all()), f"{what}: {int((~same).sum())} of {same.numel()} elements differ, e.g. " \
-                             f"{a.flatten()[~same.flatten()][:4].tolist()} vs {b.flatten()[~same.flatten()][:4].tolist()}"
 
 
 # ------------------------------------------------------------------ the op: relu_and_fake_quantize
